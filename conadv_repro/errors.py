@@ -1,0 +1,35 @@
+"""The one error type for a user's mistake.
+
+Everything a user can get wrong (a bad key, value, path or state) raises `UserError`; the command-line
+entry points turn it into one line on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for. Its message is one line naming the value and what is allowed."""
+
+
+def fail(message: str) -> NoReturn:
+    """Print `message` as one line on stderr and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cli_entry(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command-line main so that a `UserError` becomes one line and exit status 2."""
+
+    @wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            fail(str(error))
+
+    return wrapper
