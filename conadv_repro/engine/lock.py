@@ -1,0 +1,391 @@
+"""One owner per run directory: a lock file with a heartbeat.
+
+Two processes training into the same run directory would interleave checkpoints and metrics and
+silently corrupt the run (a double submission, a requeued job starting while the old one still
+drains). So whoever runs a run directory holds `<run_dir>/lock.json`::
+
+    {"token": ..., "pid": ..., "host": ..., "slurm_job_id": ..., "created": ..., "heartbeat": ...}
+
+The file is created with `os.link` from a fully written temporary file, which fails if the lock
+already exists, so two processes can never both create it and a reader never sees half of it.
+
+The holder refreshes `heartbeat` (unix time) every `HEARTBEAT_INTERVAL_S` = 10 s. A lock is *stale*,
+and may be taken over by someone else, when
+
+* its heartbeat is older than `STALE_AFTER_S` = 120 s (the holder hung, was suspended, or its node
+  died; 120 s is many missed beats, so a slow file system does not cause a false takeover), or
+* it was taken on this same host and its pid no longer exists, or
+* it names a Slurm job (and was taken on another host) that Slurm no longer knows, or
+* it is unreadable and was last modified more than `STALE_AFTER_S` ago.
+
+A lock carrying the same token as ours is adopted rather than refused: a launcher can take the lock at
+submission and hand its token to the job through the environment variable `CONADV_LOCK_TOKEN`.
+A lock without a pid (such a launcher's lock for a queued job) is judged by its heartbeat alone.
+
+Taking over renames the stale file aside (only one racer's rename can succeed) and then links a new
+lock in its place.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from conadv_repro.atomic import atomic_write_json, fsync_directory
+from conadv_repro.errors import UserError
+
+LOCK_FILE = "lock.json"
+HEARTBEAT_INTERVAL_S = 10.0
+STALE_AFTER_S = 120.0
+TOKEN_ENV = "CONADV_LOCK_TOKEN"
+
+
+class LockHeldError(UserError):
+    """The run directory is in use by a live process; its message is one line naming the holder."""
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+def _lock_path(run_dir: Path) -> Path:
+    return Path(run_dir) / LOCK_FILE
+
+
+def _read_raw(path: Path) -> tuple[bytes, float] | None:
+    """The lock file's bytes and mtime, or None if there is no lock file."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+            mtime = os.fstat(handle.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    return data, mtime
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        info = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def read_lock(run_dir: Path) -> dict[str, Any] | None:
+    """The lock's content, or None if there is no lock or it cannot be parsed."""
+    raw = _read_raw(_lock_path(run_dir))
+    return None if raw is None else _parse(raw[0])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        # PermissionError: it exists but belongs to another user; anything else: assume alive.
+        return True
+    return True
+
+
+def _slurm_job_gone(job_id: str) -> bool:
+    """True only when Slurm positively says it does not know the job; any doubt counts as alive."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return False
+    try:
+        result = subprocess.run(
+            [squeue, "--noheader", "--jobs", str(job_id), "--format", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if result.returncode == 0:
+        return result.stdout.strip() == ""
+    return "invalid job id" in result.stderr.lower()
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _stale_reason(info: dict[str, Any] | None, mtime: float, stale_after: float) -> str | None:
+    """Why the lock described by `info` (None: unreadable) may be taken over, or None if it is live."""
+    now = time.time()
+    if info is None:
+        age = now - mtime
+        return f"unreadable lock file untouched for {age:.0f}s" if age > stale_after else None
+    heartbeat = _as_float(info.get("heartbeat"))
+    if heartbeat is None:
+        # A lock with no usable heartbeat falls back to the file's age, like an unreadable one.
+        heartbeat = mtime
+    if now - heartbeat > stale_after:
+        return f"heartbeat {now - heartbeat:.0f}s old"
+    pid = info.get("pid")
+    if isinstance(pid, int) and info.get("host") == socket.gethostname():
+        if not _pid_alive(pid):
+            return f"pid {pid} on this host is gone"
+        return None
+    job_id = info.get("slurm_job_id")
+    if job_id and str(job_id) != os.environ.get("SLURM_JOB_ID") and _slurm_job_gone(str(job_id)):
+        return f"Slurm job {job_id} is gone"
+    return None
+
+
+def lock_is_live(run_dir: Path, *, stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether someone holds the run directory's lock and it is not stale."""
+    raw = _read_raw(_lock_path(run_dir))
+    if raw is None:
+        return False
+    return _stale_reason(_parse(raw[0]), raw[1], stale_after) is None
+
+
+def _held_message(run_dir: Path, info: dict[str, Any] | None, mtime: float) -> str:
+    now = time.time()
+    if info is None:
+        return (
+            f"run directory {run_dir} has an unreadable lock file {LOCK_FILE} "
+            f"(modified {now - mtime:.0f}s ago); wait for it or remove it if no run is using the directory"
+        )
+    heartbeat = _as_float(info.get("heartbeat"))
+    beat = f"heartbeat {now - heartbeat:.0f}s ago" if heartbeat is not None else "no heartbeat"
+    job = f"Slurm job {info['slurm_job_id']}, " if info.get("slurm_job_id") else ""
+    return (
+        f"run directory {run_dir} is in use by pid {info.get('pid')} on host {info.get('host')} "
+        f"({job}{beat}); wait for it or stop it"
+    )
+
+
+class RunLock:
+    """The lock on one run directory. Use as a context manager, or `acquire`/`start_heartbeat`/`release`."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        token: str | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        stale_after: float = STALE_AFTER_S,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = _lock_path(self.run_dir)
+        self.token = token or os.environ.get(TOKEN_ENV) or uuid.uuid4().hex
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.held = False
+        # Set by the heartbeat thread when the lock file no longer holds our token and pid, i.e. someone
+        # judged us stale and took over; the training loop should stop writing into the directory.
+        self.lost = False
+        self._created = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID") or None,
+            "created": self._created,
+            "heartbeat": time.time(),
+        }
+
+    def _is_ours(self, info: dict[str, Any] | None) -> bool:
+        return info is not None and info.get("token") == self.token and info.get("pid") == os.getpid()
+
+    def _try_create(self) -> bool:
+        """Create the lock file from a complete temporary file; False if a lock file already exists."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(self._payload(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", suffix=".tmp", dir=self.run_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp_name, self.path)
+            except FileExistsError:
+                return False
+            except OSError as error:
+                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                # No hard links on this file system: O_EXCL is still exclusive, but a reader may see
+                # the file empty for a moment, which counts as a young unreadable lock, i.e. held.
+                return self._try_create_exclusive(data)
+        finally:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+        fsync_directory(self.run_dir)
+        return True
+
+    def _try_create_exclusive(self, data: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+
+    def acquire(self) -> None:
+        """Take the lock, adopting it if it carries our token or taking it over if it is stale.
+
+        Raises LockHeldError if a live holder has it.
+        """
+        self._created = time.time()
+        # A few rounds only: each round either succeeds, raises, or lost a race to another taker,
+        # whose lock the next round then sees as live.
+        for _ in range(3):
+            if self._try_create():
+                self._mark_held()
+                return
+            raw = _read_raw(self.path)
+            if raw is None:
+                # Released between our link and our read; just try again.
+                continue
+            data, mtime = raw
+            info = _parse(data)
+            if info is not None and info.get("token") == self.token:
+                atomic_write_json(self.path, self._payload())
+                self._mark_held()
+                return
+            if _stale_reason(info, mtime, self.stale_after) is None:
+                raise LockHeldError(_held_message(self.run_dir, info, mtime), info)
+            if self._take_over(data):
+                self._mark_held()
+                return
+        raw = _read_raw(self.path)
+        info = _parse(raw[0]) if raw else None
+        raise LockHeldError(_held_message(self.run_dir, info, raw[1] if raw else time.time()), info)
+
+    def _take_over(self, stale_data: bytes) -> bool:
+        """Replace the stale lock whose bytes were `stale_data`; False if another process got there first."""
+        aside = self.path.with_name(f"lock.stale.{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            # Another racer moved it first; it may or may not have linked its own lock yet.
+            return self._try_create()
+        try:
+            moved = aside.read_bytes()
+        except FileNotFoundError:
+            moved = b""
+        if moved != stale_data:
+            # Between our read and our rename someone replaced the stale lock with a fresh one, and we
+            # just moved *that* aside: put it back (link fails only if yet another lock appeared).
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            return False
+        try:
+            created = self._try_create()
+        finally:
+            aside.unlink(missing_ok=True)
+        return created
+
+    def _mark_held(self) -> None:
+        self.held = True
+        self.lost = False
+
+    def _beat(self) -> bool:
+        """Refresh the heartbeat; False (and `lost` set) if the lock is no longer ours."""
+        try:
+            raw = _read_raw(self.path)
+        except OSError:
+            # A transient read failure (e.g. on a network file system) is no evidence of a takeover.
+            return True
+        if raw is None or not self._is_ours(_parse(raw[0])):
+            self.lost = True
+            self.held = False
+            return False
+        # Between the check above and this rename another process could in principle take over and be
+        # overwritten; that needs our heartbeat to be `stale_after` old already, i.e. we were frozen.
+        try:
+            atomic_write_json(self.path, self._payload())
+        except OSError:
+            # A transient file-system hiccup; the next beat retries, and only many misses make us stale.
+            pass
+        return True
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            if not self._beat():
+                return
+
+    def start_heartbeat(self) -> None:
+        """Refresh the heartbeat every `heartbeat_interval` seconds from a daemon thread."""
+        if not self.held:
+            raise RuntimeError("start_heartbeat() needs the lock; call acquire() first")
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._heartbeat_loop, name=f"runlock-{self.run_dir.name}", daemon=True
+        )
+        self._thread.start()
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock file if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.held:
+            raw = _read_raw(self.path)
+            if raw is not None and self._is_ours(_parse(raw[0])):
+                self.path.unlink(missing_ok=True)
+                fsync_directory(self.run_dir)
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        try:
+            self.start_heartbeat()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+__all__ = [
+    "HEARTBEAT_INTERVAL_S",
+    "LOCK_FILE",
+    "STALE_AFTER_S",
+    "TOKEN_ENV",
+    "LockHeldError",
+    "RunLock",
+    "lock_is_live",
+    "read_lock",
+]
