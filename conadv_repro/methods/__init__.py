@@ -1,0 +1,20 @@
+"""Training methods as strategy objects over the one engine (see methods/base.py)."""
+
+from __future__ import annotations
+
+from conadv_repro.errors import UserError
+from conadv_repro.methods.base import Branch, Method, MethodContext
+from conadv_repro.methods.vanilla import Vanilla
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla,)}
+
+
+def build_method(ctx: MethodContext) -> Method:
+    try:
+        cls = METHODS[ctx.cfg.method]
+    except KeyError:
+        raise UserError(f"method={ctx.cfg.method!r} is not allowed; allowed: {', '.join(METHODS)}") from None
+    return cls(ctx)
+
+
+__all__ = ["Branch", "Method", "MethodContext", "METHODS", "build_method"]

@@ -1,0 +1,17 @@
+"""The option table printed by `--help`, generated from the config's field metadata."""
+
+from __future__ import annotations
+
+import textwrap
+
+from conadv_repro.config import describe_fields
+
+
+def options_table(width: int = 100) -> str:
+    lines = ["config keys (key=value; defaults shown; 32k means 32 x 1024):"]
+    for key, default, help_text in describe_fields():
+        head = f"  {key}={default}"
+        body = textwrap.wrap(help_text, width=width - 8) or [""]
+        lines.append(head)
+        lines.extend("        " + line for line in body)
+    return "\n".join(lines)

@@ -1,0 +1,397 @@
+"""The one run configuration: frozen dataclasses, validated when built, strict about unknown keys.
+
+A run is described by dotted `key=value` overrides of `Config` (e.g. `batch_size=32k optim.lr=35`).
+Every field carries its help text and its allowed values in the dataclass metadata, so `--help`, the
+validation messages and the docs come from one place.
+
+The run id is a stable hash of the fields that change the result. Fields at their default are left out
+of the hash, so adding a field later (with a default that keeps the old behaviour) keeps existing ids;
+paths, the device, worker counts, compile and logging never enter it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from conadv_repro.errors import UserError
+
+SCHEMA_VERSION = 1
+KIBI = 1024
+
+
+def _f(default: Any, help: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
+       maximum: float | None = None, positive: bool = False, batch: bool = False, hashed: bool = True,
+       open_choices: bool = False) -> Any:
+    """A dataclass field with its help text and constraints in the metadata."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": minimum,
+            "max": maximum, "positive": positive, "batch": batch, "hashed": hashed,
+            "open_choices": open_choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f("resnet8", "network: resnet8/14/20/32 (CIFAR-style, 6n+2 layers), resnet18, resnet50 "
+                   "(torchvision, v1.5), or your own builder as pkg.module:build",
+                   choices=("resnet8", "resnet14", "resnet20", "resnet32", "resnet18", "resnet50"),
+                   open_choices=True)
+    width: int = _f(16, "base channels of the CIFAR-style ResNets (doubled per stage)", positive=True)
+    stem: str = _f("auto", "input stem: cifar (3x3 conv, no max-pool), imagenet (7x7 conv + max-pool), "
+                   "auto (cifar for the CIFAR-style nets, imagenet for resnet18/50)",
+                   choices=("auto", "cifar", "imagenet"))
+    zero_init_residual: bool = _f(True, "start the last BN scale of every residual block at 0 "
+                                  "(Goyal et al. 2017; the MLPerf reference)")
+    input_size: int = _f(0, "image side the network sees; 0 = the dataset's default (digits 16, "
+                         "cifar10 32, imagenet 224)", minimum=0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = _f("lars", "optimizer: lars (MLPerf LARS) or sgd (momentum SGD, no trust ratio)",
+                   choices=("lars", "sgd"))
+    lr: float = _f(2.0, "peak learning rate (used as is with optim.lr_rule=fixed)", positive=True)
+    lr_rule: str = _f("fixed", "fixed: use optim.lr and schedule.warmup_epochs as given; table6: the "
+                      "paper's Table 6 peak LR and warmup for batch_size (see docs/fidelity.md)",
+                      choices=("fixed", "table6"))
+    momentum: float = _f(0.9, "momentum", minimum=0.0, maximum=0.999999)
+    momentum_form: str = _f("lr_inside", "lr_inside: v = m*v + lr*trust*d (MLPerf TF LARS); "
+                            "lr_outside: v = m*v + trust*d, w -= lr*v (timm)",
+                            choices=("lr_inside", "lr_outside"))
+    weight_decay: float = _f(5e-4, "weight decay (not applied to BN parameters and biases)", minimum=0.0)
+    trust_coefficient: float = _f(0.001, "LARS trust coefficient eta", positive=True)
+    eps: float = _f(0.0, "LARS epsilon in the trust-ratio denominator", minimum=0.0)
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy", minimum=0.0, maximum=0.999)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    warmup_epochs: float = _f(2.0, "linear warmup length in epochs (used with optim.lr_rule=fixed)",
+                              minimum=0.0)
+    power: float = _f(2.0, "polynomial decay power after warmup (MLPerf: 2)", positive=True)
+    end_lr: float = _f(1e-4, "learning rate at the last step (MLPerf: 1e-4)", minimum=0.0)
+
+
+@dataclass(frozen=True)
+class BNConfig:
+    group_size: int = _f(32, "ghost BatchNorm: examples of one branch per statistics group "
+                         "(the paper: 64)", positive=True)
+    momentum: float = _f(0.1, "running-statistics momentum, applied once per optimizer step",
+                         positive=True, maximum=1.0)
+    eps: float = _f(1e-5, "BatchNorm epsilon", positive=True)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", hashed=False)
+    micro_batch: int = _f(0, "examples per forward/backward on this process; the batch is accumulated "
+                          "over batch_size / micro_batch micro-batches; 0 = the whole batch",
+                          minimum=0, batch=True, hashed=False)
+    workers: int = _f(0, "data-loader worker processes", minimum=0, hashed=False)
+    threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
+    autocast: str = _f("none", "mixed precision on CUDA: none or bf16 (changes the numbers, so it "
+                       "is part of the run id)", choices=("none", "bf16"))
+    channels_last: bool = _f(True, "channels_last memory format on CUDA", hashed=False)
+    compile: bool = _f(False, "torch.compile the network", hashed=False)
+    log_every: int = _f(10, "steps between progress lines and metrics rows", positive=True, hashed=False)
+    eval_every: int = _f(1, "epochs between test-set evaluations (and always at the end)",
+                         positive=True, hashed=False)
+    checkpoint_every: int = _f(200, "steps between checkpoints (and always at each epoch end)",
+                               positive=True, hashed=False)
+    eval_batch: int = _f(512, "batch size of evaluation passes", positive=True, batch=True, hashed=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str = _f("vanilla", "training method", choices=("vanilla",))
+    autoaugment: bool = _f(False, "train on AutoAugment (ImageNet policy) images instead of the originals")
+    data: str = _f("digits", "dataset: digits (embedded, scikit-learn's 8x8 digits), cifar10, imagenet, "
+                   "or your own builder as pkg.module:build", choices=("digits", "cifar10", "imagenet"),
+                   open_choices=True)
+    data_root: str = _f("", "dataset directory (cifar10, imagenet)", hashed=False)
+    batch_size: int = _f(128, "global batch size trained (32k = 32 x 1024)", positive=True, batch=True)
+    epochs: float = _f(30.0, "training length in epochs (an epoch is floor(N / batch_size) steps)",
+                       positive=True)
+    steps: int | None = _f(None, "training length in steps; overrides epochs (e.g. the official code's "
+                           "1301)", positive=True)
+    seed: int = _f(0, "seed of initialisation, data order, augmentation and attacks", minimum=0)
+    scale: str = _f("", "preset the run belongs to: smoke, cifar10, paper (applies its defaults "
+                    "before your overrides); empty for a free run",
+                    choices=("", "smoke", "cifar10", "paper"))
+    paper_batch: str = _f("", "the paper's batch size this run stands for (e.g. 32k); empty for a free run")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    bn: BNConfig = field(default_factory=BNConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _validate_fields(self, "")
+        _validate_cross_fields(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value of every field."""
+        return dict(_walk(self, ""))
+
+    def run_id(self) -> str:
+        """Stable 12-hex-digit hash of the non-default fields that change the result."""
+        default_flat = dict(_walk_defaults(Config, ""))
+        hashed = {key: value for key, value in self.flat().items()
+                  if _field_meta(key).get("hashed", True) and value != default_flat[key]}
+        payload = json.dumps({"schema": SCHEMA_VERSION, "fields": hashed}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def replace(self, overrides: Mapping[str, Any]) -> Config:
+        """A new config with dotted-key overrides applied (values already typed or strings)."""
+        return build_config({**self.flat(), **overrides}, _explicit=set(overrides))
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
+                             "bn": BNConfig, "runtime": RuntimeConfig}
+
+
+def _walk(obj: Any, prefix: str) -> Iterable[tuple[str, Any]]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+def _walk_defaults(cls: type, prefix: str) -> Iterable[tuple[str, Any]]:
+    for f in dataclasses.fields(cls):
+        if f.name in SECTIONS and cls is Config:
+            yield from _walk_defaults(SECTIONS[f.name], f"{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f.default
+
+
+def _field_objects() -> dict[str, dataclasses.Field[Any]]:
+    out: dict[str, dataclasses.Field[Any]] = {}
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            for sub in dataclasses.fields(SECTIONS[f.name]):
+                out[f"{f.name}.{sub.name}"] = sub
+        else:
+            out[f.name] = f
+    return out
+
+
+FIELDS = _field_objects()
+
+
+def _field_meta(key: str) -> Mapping[str, Any]:
+    return FIELDS[key].metadata
+
+
+def _field_type(key: str) -> Any:
+    section, _, name = key.rpartition(".")
+    cls = SECTIONS[section] if section else Config
+    return typing.get_type_hints(cls)[name]
+
+
+def parse_batch(text: str) -> int:
+    """`32k` -> 32768 (the paper's k is 1024: the official code's 96k is 98,304); plain digits as is."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kK]?)\s*", text)
+    if not match:
+        raise ValueError(text)
+    number = float(match.group(1)) * (KIBI if match.group(2) else 1)
+    if number != int(number):
+        raise ValueError(text)
+    return int(number)
+
+
+def format_batch(value: int) -> str:
+    return f"{value // KIBI}k" if value % KIBI == 0 and value >= KIBI else str(value)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(key: str, raw: Any) -> Any:
+    """Turn a raw value (a string from the command line, or a JSON value) into the field's type."""
+    kind = _field_type(key)
+    meta = _field_meta(key)
+    optional = typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
+        and type(None) in typing.get_args(kind)
+    if optional:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    if meta.get("batch"):
+        what = "a whole number, or a batch size like 32k"
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            if isinstance(raw, int):
+                return raw
+            if isinstance(raw, float) and raw == int(raw):
+                return int(raw)
+            if meta.get("batch"):
+                return parse_batch(str(raw))
+            return int(str(raw).strip())
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
+        if kind is str:
+            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+                raise ValueError(raw)
+            return str(raw)
+    except (ValueError, TypeError):
+        raise UserError(f"{key}={raw!r} is not {what}") from None
+    raise AssertionError(kind)
+
+
+def _validate_fields(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        key = f"{prefix}{f.name}"
+        meta = f.metadata
+        if value is None:
+            continue
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            if not (meta.get("open_choices") and isinstance(value, str) and ":" in value):
+                allowed = ", ".join(repr(c) if c == "" else str(c) for c in choices)
+                extra = ", or pkg.module:build" if meta.get("open_choices") else ""
+                raise UserError(f"{key}={value!r} is not allowed; allowed: {allowed}{extra}")
+        if meta.get("positive") and not value > 0:
+            raise UserError(f"{key}={value!r} must be > 0")
+        if meta.get("min") is not None and value < meta["min"]:
+            raise UserError(f"{key}={value!r} must be >= {meta['min']}")
+        if meta.get("max") is not None and value > meta["max"]:
+            raise UserError(f"{key}={value!r} must be <= {meta['max']}")
+
+
+def _validate_cross_fields(cfg: Config) -> None:
+    for section in SECTIONS:
+        _validate_fields(getattr(cfg, section), f"{section}.")
+    group = cfg.bn.group_size
+    if cfg.batch_size % group:
+        raise UserError(f"batch_size={cfg.batch_size} is not a whole number of BN groups of "
+                        f"bn.group_size={group}")
+    micro = cfg.runtime.micro_batch
+    if micro:
+        if micro % group:
+            raise UserError(f"runtime.micro_batch={micro} is not a whole number of BN groups of "
+                            f"bn.group_size={group}")
+        if cfg.batch_size % micro:
+            raise UserError(f"runtime.micro_batch={micro} does not divide batch_size={cfg.batch_size}")
+    if cfg.paper_batch:
+        try:
+            parse_batch(cfg.paper_batch)
+        except ValueError:
+            raise UserError(f"paper_batch={cfg.paper_batch!r} is not a batch size like 32k") from None
+    if cfg.schedule.end_lr > cfg.optim.lr and cfg.optim.lr_rule == "fixed":
+        raise UserError(f"schedule.end_lr={cfg.schedule.end_lr} is above the peak optim.lr={cfg.optim.lr}")
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """`["a.b=1", ...]` -> {"a.b": "1"}; an item without `=` or an unknown key is a UserError."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value (e.g. batch_size=32k)")
+        _check_key(key)
+        out[key] = value
+    return out
+
+
+def _check_key(key: str) -> None:
+    if key in FIELDS:
+        return
+    section = key.split(".")[0]
+    if section in SECTIONS:
+        allowed = ", ".join(k for k in FIELDS if k.startswith(section + "."))
+    else:
+        allowed = ", ".join(k for k in FIELDS if "." not in k) + ", " + \
+            ", ".join(f"{s}.*" for s in SECTIONS)
+    raise UserError(f"unknown config key {key!r}; allowed: {allowed}")
+
+
+def build_config(values: Mapping[str, Any], *, _explicit: set[str] | None = None) -> Config:
+    """Build a Config from dotted keys. Unset keys take the scale preset, then the dataclass default."""
+    from conadv_repro.presets import preset_values  # presets import this module
+
+    for key in values:
+        _check_key(key)
+    typed = {key: _coerce(key, raw) for key, raw in values.items()}
+    explicit = set(values) if _explicit is None else _explicit
+    scale = typed.get("scale", "")
+    merged = {**preset_values(scale), **typed}
+    if merged.get("optim.lr_rule", "fixed") != "fixed":
+        clash = sorted(k for k in ("optim.lr", "schedule.warmup_epochs") if k in explicit)
+        if clash:
+            raise UserError(f"{clash[0]} conflicts with optim.lr_rule={merged['optim.lr_rule']} (which sets "
+                            "the peak LR and warmup from batch_size); set optim.lr_rule=fixed to use your own")
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    top: dict[str, Any] = {}
+    for key, value in merged.items():
+        section, _, name = key.rpartition(".")
+        (sections[section] if section else top)[name] = value
+    return Config(**top, **{name: SECTIONS[name](**kw) for name, kw in sections.items()})
+
+
+def config_from_overrides(items: Iterable[str]) -> Config:
+    """Build a Config from command-line `key=value` items."""
+    return build_config(parse_overrides(items))
+
+
+def config_from_dict(nested: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from `Config.to_dict()` (e.g. a run's config.json); strict about unknown keys."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub, sub_value in value.items():
+                flat[f"{key}.{sub}"] = sub_value
+        else:
+            flat[key] = value
+    return build_config(flat, _explicit=set())
+
+
+def describe_fields() -> list[tuple[str, str, str]]:
+    """(key, default, help with allowed values) for every field, in declaration order."""
+    rows = []
+    for key, f in FIELDS.items():
+        meta = f.metadata
+        default = f.default
+        shown = "none" if default is None else (format_batch(default) if meta.get("batch") and default
+                                                  else json.dumps(default) if isinstance(default, str)
+                                                  else str(default).lower() if isinstance(default, bool)
+                                                  else str(default))
+        help_text = meta.get("help", "")
+        if meta.get("choices") and "," not in help_text:
+            help_text += f" ({', '.join(map(str, meta['choices']))})"
+        rows.append((key, shown, help_text))
+    return rows

@@ -1,0 +1,158 @@
+"""One run, start to finish, in its run directory: lock, config, resume, train, evaluate, record.
+
+Order matters for the "nothing written on bad input" rule: the config, the run directory and the
+dataset are all checked before the first byte is written. A run resumes from its newest valid
+checkpoint, and rows of metrics.jsonl written after that checkpoint are dropped (the resumed run writes
+them again, identically), so a run killed at any point and started again ends bit-identical to one never
+stopped (timing fields aside).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conadv_repro.atomic import append_jsonl
+from conadv_repro.config import Config
+from conadv_repro.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+from conadv_repro.engine.lock import RunLock
+from conadv_repro.engine.progress import format_duration
+from conadv_repro.engine.rundir import RunDirectory, environment_info
+from conadv_repro.engine.trainer import Diverged, Trainer, Window, checkpoint_due, new_progress
+
+FINAL_STATES = ("finished", "diverged")
+
+
+def describe_outcome(record: dict[str, Any]) -> str:
+    status = record.get("status")
+    final = record.get("final") or {}
+    if status == "finished":
+        return (f"finished: test top-1 {final.get('test_top1', float('nan')):.2f}% "
+                f"top-5 {final.get('test_top5', float('nan')):.2f}%, train top-1 (eval) "
+                f"{final.get('train_top1', float('nan')):.2f}%, {record.get('steps_done')} steps in "
+                f"{format_duration(record.get('wall_time_s', 0.0))}")
+    if status == "diverged":
+        return f"diverged at step {record.get('steps_done')} ({record.get('error', 'non-finite loss')})"
+    return str(status)
+
+
+def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume, or skip) the run `cfg` in `run_dir`; returns its record."""
+    rd = RunDirectory(Path(run_dir))
+    rd.check_compatible(cfg)
+    record = rd.read_record()
+    if record and record.get("status") in FINAL_STATES:
+        log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
+        return record
+    trainer = Trainer(cfg, log=log)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    with RunLock(rd.path):
+        record = rd.read_record()  # another process may have finished it while we were building
+        if record and record.get("status") in FINAL_STATES:
+            log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
+            return record
+        try:
+            return _train_locked(trainer, rd, record or {}, log)
+        finally:
+            trainer.close()
+
+
+def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    cfg, derived = trainer.cfg, trainer.derived
+    if not rd.config_path.exists():
+        rd.write_config(cfg, derived.as_dict())
+    loaded = load_latest_checkpoint(rd.path)
+    elapsed0, epoch_times, log_window = 0.0, [], Window()
+    if loaded is not None:
+        state, path = loaded
+        trainer.load_state_dict(state)
+        elapsed0 = float(state.get("elapsed", 0.0))
+        epoch_times = list(state.get("epoch_times", []))
+        log_window = Window(**state.get("log_window", {}))
+        log(f"resuming {rd.path} from {path.name} at step {trainer.step}/{derived.total_steps}")
+    rd.truncate_metrics(trainer.step)
+    start = trainer.step
+    name = cfg.run_id()
+    record: dict[str, Any] = {
+        "run_id": name, "status": "running", "attempts": int(previous.get("attempts", 0)) + 1,
+        "started": previous.get("started", time.time()), "config": cfg.flat(), "derived": derived.as_dict(),
+        "steps_done": start, "total_steps": derived.total_steps, "wall_time_s": elapsed0,
+        "epoch_times": epoch_times, "environment": environment_info(trainer.device), "final": None,
+    }
+    rd.write_record(record)
+    log(f"[{name}] {trainer.describe()}")
+    trainer.open_batches(start)
+    progress = new_progress(trainer, name, start)
+    t0 = time.time()
+
+    def elapsed() -> float:
+        return elapsed0 + time.time() - t0
+
+    spe, total = derived.steps_per_epoch, derived.total_steps
+    try:
+        for step in range(start, total):
+            out = trainer.train_step(step, trainer.next_step_batches(step))
+            trainer.step = steps_done = step + 1
+            for window in (log_window, trainer.epoch_window):
+                window.add(out["examples"], out["correct"], out["loss"], out["branch_loss"])
+            if steps_done % cfg.runtime.log_every == 0 or steps_done == total:
+                summary = log_window.summary()
+                img_s = progress.step_line(steps_done, summary["train_loss"], summary["train_top1"], out["lr"],
+                                           log_window.steps)
+                append_jsonl(rd.metrics_path, {"kind": "train", "step": steps_done, "epoch": steps_done / spe,
+                                               "lr": out["lr"], **summary, "images_per_s": img_s,
+                                               "elapsed_s": elapsed()})
+                log_window = Window()
+            if steps_done % spe == 0:
+                epoch = steps_done // spe
+                row: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "step": steps_done,
+                                       **trainer.epoch_window.summary()}
+                if epoch % cfg.runtime.eval_every == 0 or steps_done == total:
+                    test = trainer.evaluate("test")
+                    row.update({"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]})
+                    log(f"[{name}] epoch {epoch}: train top-1 {row['train_top1']:.2f}% "
+                        f"test top-1 {test['top1']:.2f}% top-5 {test['top5']:.2f}%")
+                epoch_times.append(elapsed())
+                row["elapsed_s"] = epoch_times[-1]
+                append_jsonl(rd.metrics_path, row)
+                trainer.epoch_window = Window()
+            if steps_done < total and checkpoint_due(trainer, steps_done):
+                save_checkpoint(rd.path, steps_done, {**trainer.state_dict(), "elapsed": elapsed(),
+                                                      "epoch_times": epoch_times,
+                                                      "log_window": log_window.__dict__.copy()})
+                rd.write_record({**record, "steps_done": steps_done, "wall_time_s": elapsed(),
+                                 "epoch_times": epoch_times})
+        test = trainer.evaluate("test")
+        train = trainer.evaluate("train")
+        save_checkpoint(rd.path, total, {**trainer.state_dict(), "elapsed": elapsed(), "epoch_times": epoch_times,
+                                         "log_window": Window().__dict__.copy()}, final=True)
+        final = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+                 "train_top1": train["top1"], "train_top5": train["top5"], "train_loss": train["loss"],
+                 "train_top1_running": _last_epoch_train_top1(rd)}
+        append_jsonl(rd.metrics_path, {"kind": "final", "step": total, **final})
+        record.update(status="finished", final=final, steps_done=total, wall_time_s=elapsed(),
+                      epoch_times=epoch_times, finished=time.time())
+        rd.write_record(record)
+        log(f"[{name}] {describe_outcome(record)}")
+        log(f"[{name}] run directory: {rd.path}")
+        return record
+    except Diverged as error:
+        append_jsonl(rd.metrics_path, {"kind": "diverged", "step": trainer.step + 1, "error": str(error)})
+        record.update(status="diverged", error=str(error), steps_done=trainer.step, wall_time_s=elapsed())
+        rd.write_record(record)
+        log(f"[{name}] {describe_outcome(record)}")
+        return record
+    except Exception as error:
+        record.update(status="failed", error=f"{type(error).__name__}: {error}",
+                      traceback=traceback.format_exc()[-4000:], steps_done=trainer.step, wall_time_s=elapsed())
+        rd.write_record(record)
+        raise
+
+
+def _last_epoch_train_top1(rd: RunDirectory) -> float | None:
+    epochs = [row for row in rd.metrics() if row.get("kind") == "epoch"]
+    return epochs[-1]["train_top1"] if epochs else None

@@ -1,0 +1,129 @@
+"""The run directory: `config.json`, `metrics.jsonl`, `record.json` and `checkpoints/`.
+
+Every write is atomic (see conadv_repro/atomic.py). The record is the run's source of truth for the
+launcher and the analysis: its `status` is `running`, `finished`, `failed` or `diverged`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import conadv_repro
+from conadv_repro.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from conadv_repro.config import SCHEMA_VERSION, Config, config_from_dict
+from conadv_repro.errors import UserError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+RECORD_FILE = "record.json"
+RECORD_SCHEMA = 1
+STATUSES = ("running", "finished", "failed", "diverged")
+
+
+@dataclass
+class RunDirectory:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORD_FILE
+
+    def stored_config(self) -> Config | None:
+        if not self.config_path.exists():
+            return None
+        try:
+            payload = read_json(self.config_path)
+            return config_from_dict(payload["config"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"run directory {self.path} has an unreadable {CONFIG_FILE} ({error}); "
+                            "move it away or pick another --run-dir") from None
+
+    def check_compatible(self, cfg: Config) -> None:
+        """A run directory holds one run: a different config (another run id) is a user error."""
+        stored = self.stored_config()
+        if stored is None:
+            if self.path.exists() and any(self.path.iterdir()):
+                leftovers = sorted(p.name for p in self.path.iterdir())[:3]
+                raise UserError(f"run directory {self.path} is not empty and holds no {CONFIG_FILE} "
+                                f"(found {', '.join(leftovers)}); pick an empty or new --run-dir")
+            return
+        if stored.run_id() != cfg.run_id():
+            ours, theirs = cfg.flat(), stored.flat()
+            diff = [k for k in ours if ours[k] != theirs[k] and not k.startswith("runtime.") and k != "data_root"]
+            shown = ", ".join(f"{k}={theirs[k]!r} (yours {ours[k]!r})" for k in diff[:3])
+            raise UserError(f"run directory {self.path} holds a different config (run id {stored.run_id()}, "
+                            f"yours {cfg.run_id()}): {shown}; pick another --run-dir")
+
+    def write_config(self, cfg: Config, derived: dict[str, Any]) -> None:
+        atomic_write_json(self.config_path, {"schema": SCHEMA_VERSION, "run_id": cfg.run_id(),
+                                             "config": cfg.to_dict(), "derived": derived})
+
+    def read_record(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.record_path)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        record = {**record, "schema": RECORD_SCHEMA, "updated": time.time()}
+        atomic_write_json(self.record_path, record)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def truncate_metrics(self, steps_done: int) -> None:
+        """Drop rows written after the checkpoint we resume from: the resumed run writes them again."""
+        rows = self.metrics()
+        kept = [row for row in rows if row.get("step", 0) <= steps_done]
+        if len(kept) != len(rows) or self.metrics_path.exists():
+            atomic_write_jsonl(self.metrics_path, kept)
+
+
+def _git_commit() -> str:
+    root = Path(conadv_repro.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    """What produced a run: versions of the package, torch, CUDA, cuDNN and every installed package."""
+    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                      if d.metadata["Name"])
+    info: dict[str, Any] = {
+        "package_version": conadv_repro.__version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "host": socket.gethostname(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "packages": packages,
+    }
+    return info

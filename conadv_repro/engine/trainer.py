@@ -1,0 +1,288 @@
+"""The one training loop. It runs every method; the methods are strategy objects (methods/base.py).
+
+A step: set the LR from the pure schedule; for each micro-batch ask the method for its branches, run
+each through its BN, add the weighted losses and backpropagate (gradients accumulate over micro-batches,
+each scaled by its share of the batch, so an accumulated step equals one big-batch step); fold the
+ghost-BN statistics into the running statistics once; take the optimizer step; tell the method.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conadv_repro.config import Config, format_batch
+from conadv_repro.data.datasets import DataBundle, build_data
+from conadv_repro.data.loader import MicroBatch, eval_batches, train_micro_batches
+from conadv_repro.data.sampler import BatchPlan
+from conadv_repro.engine.evaluation import evaluate, topk_correct
+from conadv_repro.engine.progress import ProgressPrinter
+from conadv_repro.errors import UserError
+from conadv_repro.methods import MethodContext, build_method
+from conadv_repro.model.registry import build_model
+from conadv_repro.model.split_bn import bn_route, commit_bn_statistics
+from conadv_repro.optim.lars import LARS, param_groups_for_lars
+from conadv_repro.optim.schedule import lr_at
+from conadv_repro.presets import table6_hparams
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"runtime.device={name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"runtime.device={name!r} but no CUDA device is available; use runtime.device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"runtime.device={name!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    return device
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values derived from the config and the dataset, written beside the config."""
+
+    num_train: int
+    steps_per_epoch: int
+    total_steps: int
+    peak_lr: float
+    warmup_epochs: float
+    warmup_steps: int
+    micro_batch: int
+    accumulation: int
+    lr_rule: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def derive(cfg: Config, num_train: int) -> Derived:
+    plan = BatchPlan(num_train, cfg.batch_size, cfg.seed)
+    spe = plan.steps_per_epoch
+    total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * spe))
+    if cfg.optim.lr_rule == "table6":
+        peak_lr, warmup_epochs = table6_hparams(cfg.batch_size)
+    else:
+        peak_lr, warmup_epochs = cfg.optim.lr, cfg.schedule.warmup_epochs
+    warmup_steps = min(total, round(warmup_epochs * spe))
+    micro = cfg.runtime.micro_batch or cfg.batch_size
+    return Derived(num_train=num_train, steps_per_epoch=spe, total_steps=total, peak_lr=peak_lr,
+                   warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, micro_batch=micro,
+                   accumulation=cfg.batch_size // micro, lr_rule=cfg.optim.lr_rule)
+
+
+def build_optimizer(cfg: Config, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
+    groups = param_groups_for_lars(model, cfg.optim.weight_decay)
+    if cfg.optim.name == "sgd":
+        # Plain momentum SGD is LARS with every parameter excluded from the trust ratio, and weight
+        # decay kept on the weights that LARS would adapt.
+        for group in groups:
+            if not group["lars_exclude"]:
+                group["lars_exclude"] = True
+    return LARS(groups, lr=peak_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                trust_coefficient=cfg.optim.trust_coefficient, eps=cfg.optim.eps,
+                momentum_form=cfg.optim.momentum_form)
+
+
+@dataclass
+class Window:
+    """Running sums of a stretch of training (a logging window, or an epoch)."""
+
+    examples: int = 0
+    correct: float = 0.0
+    loss: float = 0.0
+    branch_loss: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+    def add(self, examples: int, correct: float, loss: float, branch_loss: dict[str, float]) -> None:
+        self.examples += examples
+        self.correct += correct
+        self.loss += loss * examples
+        for name, value in branch_loss.items():
+            self.branch_loss[name] = self.branch_loss.get(name, 0.0) + value * examples
+        self.steps += 1
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.examples, 1)
+        out = {"train_top1": 100.0 * self.correct / n, "train_loss": self.loss / n}
+        out.update({f"train_loss_{k}": v / n for k, v in self.branch_loss.items()})
+        return out
+
+
+class Trainer:
+    """Owns the network, optimizer, method and data of one run; `train_step` is one optimizer step."""
+
+    def __init__(self, cfg: Config, *, bundle: DataBundle | None = None, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log = log
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        self.device = resolve_device(cfg.runtime.device)
+        self.bundle = bundle or build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
+                                           autoaugment=cfg.autoaugment, seed=cfg.seed)
+        self.derived = derive(cfg, self.bundle.num_train)
+        self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, num_classes=self.bundle.num_classes,
+                                 in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,
+                                 bn_group_size=cfg.bn.group_size, bn_momentum=cfg.bn.momentum,
+                                 bn_eps=cfg.bn.eps).to(self.device)
+        self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+        self.train_model: nn.Module = torch.compile(self.model) if cfg.runtime.compile else self.model
+        self.optimizer = build_optimizer(cfg, self.model, self.derived.peak_lr)
+        self.step = 0
+        self.epoch_window = Window()
+        self.batches: Any = None
+        self.method = build_method(MethodContext(
+            cfg=cfg, model=self.model, device=self.device, mean=self.bundle.mean, std=self.bundle.std,
+            peek=self._peek, autocast=self.autocast, to_device=self.to_device))
+
+    # ----------------------------------------------------------------- helpers shared with methods
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.cfg.runtime.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def to_device(self, micro: MicroBatch) -> MicroBatch:
+        return micro.to(self.device, non_blocking=True, channels_last=self.channels_last)
+
+    def _peek(self, k: int) -> MicroBatch | None:
+        return None if self.batches is None else self.batches.peek(k)
+
+    def open_batches(self, start_step: int) -> None:
+        """Start the data stream at `start_step` (a resumed run starts mid-epoch where it stopped)."""
+        self.batches = train_micro_batches(
+            self.bundle, self.plan, start_step=start_step, end_step=self.derived.total_steps,
+            micro_size=self.derived.micro_batch, workers=self.cfg.runtime.workers,
+            pin_memory=self.device.type == "cuda")
+
+    def lr(self, step: int) -> float:
+        d = self.derived
+        return lr_at(step, peak_lr=d.peak_lr, warmup_steps=d.warmup_steps, total_steps=d.total_steps,
+                     power=self.cfg.schedule.power, end_lr=self.cfg.schedule.end_lr)
+
+    # ----------------------------------------------------------------- the step
+    def train_step(self, step: int, micro_batches: list[MicroBatch]) -> dict[str, Any]:
+        """One optimizer step over the micro-batches of `step`. Raises Diverged on a non-finite loss."""
+        lr = self.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = self.cfg.batch_size
+        loss_total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        branch_losses: dict[str, torch.Tensor] = {}
+        examples = 0
+        for micro in micro_batches:
+            micro = self.to_device(micro)
+            share = micro.targets.shape[0] / batch
+            total = torch.zeros((), device=self.device)
+            for branch in self.method.branches(micro):
+                with bn_route(self.train_model, branch.bn), self.autocast():
+                    logits = self.train_model(branch.inputs)
+                loss = F.cross_entropy(logits.float(), branch.targets,
+                                       label_smoothing=self.cfg.optim.label_smoothing)
+                total = total + branch.weight * loss
+                detached = loss.detach() * share
+                branch_losses[branch.name] = branch_losses.get(branch.name, 0.0) + detached
+                if branch.name == "clean":
+                    correct += topk_correct(logits.detach(), branch.targets, (1,))[0]
+            (total * share).backward()
+            loss_total += total.detach() * share
+            examples += micro.targets.shape[0]
+        loss_value = loss_total.item()
+        if not math.isfinite(loss_value):
+            raise Diverged(f"loss is {loss_value} at step {step}")
+        commit_bn_statistics(self.model)
+        self.optimizer.step()
+        self.method.after_update(step)
+        return {"loss": loss_value, "correct": correct.item(), "examples": examples, "lr": lr,
+                "branch_loss": {k: float(v) for k, v in branch_losses.items()}}
+
+    def next_step_batches(self, step: int) -> list[MicroBatch]:
+        micros = []
+        for _ in range(self.derived.accumulation):
+            micro = next(self.batches)
+            if micro.key.step != step:
+                raise RuntimeError(f"data stream out of step: expected step {step}, got {micro.key}")
+            micros.append(micro)
+        return micros
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, split: str) -> dict[str, float]:
+        dataset = {"test": self.bundle.test, "train": self.bundle.train_eval, "val": self.bundle.val}[split]
+        batches = eval_batches(dataset, self.cfg.runtime.eval_batch, workers=self.cfg.runtime.workers,
+                               pin_memory=self.device.type == "cuda")
+        return evaluate(self.model, ((x, y) for x, y, *_ in batches), device=self.device,
+                        channels_last=self.channels_last, autocast=self.autocast)
+
+    # ----------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "epoch_window": self.epoch_window.__dict__.copy(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "run_id": self.cfg.run_id(),
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("run_id") != self.cfg.run_id():
+            raise UserError(f"checkpoint belongs to run {state.get('run_id')}, not {self.cfg.run_id()}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self.epoch_window = Window(**state["epoch_window"])
+        self.step = int(state["step"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def close(self) -> None:
+        self.method.close()
+
+    def describe(self) -> str:
+        d = self.derived
+        return (f"{self.cfg.method} on {self.cfg.data} ({d.num_train} train examples), {self.cfg.model.name}, "
+                f"batch {format_batch(self.cfg.batch_size)} ({d.accumulation} x {d.micro_batch}), "
+                f"{d.total_steps} steps ({d.steps_per_epoch}/epoch), peak LR {d.peak_lr:g}, "
+                f"warmup {d.warmup_steps} steps, device {self.device}")
+
+
+def new_progress(trainer: Trainer, run_name: str, start_step: int) -> ProgressPrinter:
+    return ProgressPrinter(run_name, total_steps=trainer.derived.total_steps,
+                           steps_per_epoch=trainer.derived.steps_per_epoch, batch_size=trainer.cfg.batch_size,
+                           start_step=start_step, log=trainer.log, start_time=time.time())
+
+
+def checkpoint_due(trainer: Trainer, steps_done: int) -> bool:
+    d = trainer.derived
+    return steps_done % trainer.cfg.runtime.checkpoint_every == 0 or steps_done % d.steps_per_epoch == 0
+

@@ -1,0 +1,60 @@
+"""Train one run: `python -m conadv_repro.train --run-dir DIR [key=value ...]`.
+
+Starting a run again resumes it from its newest checkpoint; starting a finished run does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from conadv_repro.cli_help import options_table
+from conadv_repro.config import Config, config_from_overrides
+from conadv_repro.errors import cli_entry
+
+EXAMPLES = """examples:
+  python -m conadv_repro.train                                  # the embedded default, about a minute on a CPU
+  python -m conadv_repro.train --run-dir runs/aa autoaugment=true
+  python -m conadv_repro.train --run-dir runs/r50 scale=paper batch_size=32k data_root=/data/imagenet
+"""
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / (cfg.scale or "free") / cfg.run_id()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conadv_repro.train",
+        description="Train one run of the ConAdv reproduction suite and write its run directory "
+                    "(config.json, metrics.jsonl, record.json, checkpoints/). Run the same command again "
+                    "to resume after a crash.",
+        epilog=EXAMPLES + "\n" + options_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see below)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="run directory (default: runs/<scale or free>/<run id>)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and its run id, and exit without training")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_overrides(args.overrides)
+    if args.print_config:
+        print(json.dumps({"run_id": cfg.run_id(), "config": cfg.flat()}, indent=2))
+        return 0
+    from conadv_repro.engine.run import run_training  # torch import only when training
+
+    run_dir = args.run_dir or default_run_dir(cfg)
+    record = run_training(cfg, run_dir)
+    return 0 if record.get("status") == "finished" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
