@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make quickstart` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RUN_DIR ?= runs/quickstart
+
+.PHONY: quickstart test lint bench venv clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Trains one short run on the embedded dataset (scikit-learn's digits) on the CPU: no cluster, no
+# ImageNet, no W&B account. Running it again prints the finished run's result.
+quickstart: $(STAMP)
+	$(PY) -m conadv_repro.train --run-dir $(RUN_DIR) runtime.device=cpu
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/engine_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

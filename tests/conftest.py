@@ -1,0 +1,32 @@
+"""Test-wide settings: W&B off (its own tests turn it on offline), a fixed CPU thread count."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_CONSOLE", "off")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running the package's CLIs in a subprocess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env["WANDB_DIR"] = str(tmp_path / "wandb")
+    env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300):
+    import subprocess
+
+    return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
