@@ -1,0 +1,140 @@
+"""DataLoaders over a bundle: the training micro-batches of a step range, and fixed-order eval batches.
+
+Training batches come from `MicroBatchSampler` through a DataLoader, in (step, micro) order, wrapped
+in a `Lookahead` so that the engine can see the next steps' data (ConAdv attacks batch t+1 while
+batch t trains). Each example's augmentation is keyed by (seed, epoch, index), so the result is the
+same for any number of workers, any micro-batch size and any resume point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from conadv_repro.data.datasets import DataBundle
+from conadv_repro.data.sampler import BatchPlan, Lookahead, MicroBatchKey, MicroBatchSampler
+from conadv_repro.data.sources import StackedSamples, stack_samples
+from conadv_repro.errors import UserError
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of this rank: normalised inputs, int64 targets, int64 global example indices."""
+
+    key: MicroBatchKey
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+
+    def to(
+        self, device: torch.device | str, non_blocking: bool = True, channels_last: bool = False
+    ) -> MicroBatch:
+        """Move inputs and targets to `device`.
+
+        `indices` stay on the CPU: they are keys for seeding per-example randomness in Python, and
+        reading them back from a GPU would stall the stream.
+        """
+        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        return MicroBatch(
+            key=self.key,
+            inputs=self.inputs.to(device, non_blocking=non_blocking, memory_format=memory_format),
+            targets=self.targets.to(device, non_blocking=non_blocking),
+            indices=self.indices,
+        )
+
+
+def collate(batch: StackedSamples | Sequence[tuple[torch.Tensor, int, int]]) -> StackedSamples:
+    """DataLoader's collate_fn: our datasets stack a micro-batch themselves (`__getitems__`); a user's
+    dataset without `__getitems__` hands over a list of `(image, label, index)` samples."""
+    if isinstance(batch, StackedSamples):
+        return batch
+    return stack_samples(batch)
+
+
+def _private_generator() -> torch.Generator:
+    # DataLoader draws its workers' base seed from this generator, or else from torch's global RNG, which
+    # would make the caller's random numbers depend on how many loaders were built. The base seed only
+    # seeds the workers' global RNG, which keyed transforms never read, so a fixed seed is enough.
+    return torch.Generator().manual_seed(0)
+
+
+def _check_workers(workers: int) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UserError(f"workers {workers!r} is not allowed; allowed: an integer >= 0")
+
+
+def train_micro_batches(
+    bundle: DataBundle,
+    plan: BatchPlan,
+    *,
+    start_step: int,
+    end_step: int,
+    micro_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> Lookahead[MicroBatch]:
+    """This rank's micro-batches of steps [start_step, end_step), in (step, micro) order."""
+    _check_workers(workers)
+    if plan.num_examples != bundle.num_train:
+        raise UserError(
+            f"the batch plan covers {plan.num_examples} examples but {bundle.name} has "
+            f"{bundle.num_train} training examples; allowed: a plan built from the bundle"
+        )
+    sampler = MicroBatchSampler(plan, start_step, end_step, micro_size, rank=rank, world_size=world_size)
+    loader = DataLoader(
+        bundle.train,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        generator=_private_generator(),
+    )
+
+    def micro_batches() -> Iterator[MicroBatch]:
+        # DataLoader keeps the sampler's order even with workers, so the keys line up with the batches.
+        for key, (inputs, targets, indices) in zip(sampler.keys(), loader, strict=True):
+            yield MicroBatch(key=key, inputs=inputs, targets=targets, indices=indices)
+
+    return Lookahead(micro_batches())
+
+
+class EvalBatches:
+    """Fixed-order `(inputs, targets)` batches of an eval split; iterate it as often as needed."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, *, workers: int = 0, pin_memory: bool = False
+    ) -> None:
+        _check_workers(workers)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"eval batch_size {batch_size!r} is not allowed; allowed: an integer >= 1")
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            collate_fn=collate,
+            persistent_workers=workers > 0,
+            generator=_private_generator(),
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, targets, _ in self.loader:
+            yield inputs, targets
+
+
+def eval_batches(
+    dataset: Dataset, batch_size: int, *, workers: int = 0, pin_memory: bool = False
+) -> EvalBatches:
+    """Every example of `dataset` once, in index order, as `(inputs, targets)` batches."""
+    return EvalBatches(dataset, batch_size, workers=workers, pin_memory=pin_memory)
