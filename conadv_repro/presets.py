@@ -53,7 +53,7 @@ def table6_hparams(batch_size: int) -> tuple[float, float]:
     if batch_size <= b0:
         ratio = batch_size / b0
         return lr0 * math.sqrt(ratio), wu0 * ratio
-    for (b_lo, (lr_lo, wu_lo)), (b_hi, (lr_hi, wu_hi)) in zip(points, points[1:]):
+    for (b_lo, (lr_lo, wu_lo)), (b_hi, (lr_hi, wu_hi)) in zip(points, points[1:], strict=False):
         if batch_size <= b_hi:
             t = (batch_size - b_lo) / (b_hi - b_lo)
             return lr_lo + t * (lr_hi - lr_lo), wu_lo + t * (wu_hi - wu_lo)

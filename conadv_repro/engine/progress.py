@@ -49,3 +49,7 @@ class ProgressPrinter:
                  f"eta {format_duration(eta) if eta == eta else '?'}")
         self._window_start = now
         return img_s
+
+    def restart_window(self) -> None:
+        """Leave evaluation and checkpoint time out of the next images/s figure."""
+        self._window_start = time.time()

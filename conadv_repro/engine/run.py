@@ -126,13 +126,16 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
                                                       "log_window": log_window.__dict__.copy()})
                 rd.write_record({**record, "steps_done": steps_done, "wall_time_s": elapsed(),
                                  "epoch_times": epoch_times})
+            if steps_done % spe == 0 or steps_done % cfg.runtime.checkpoint_every == 0:
+                progress.restart_window()
         test = trainer.evaluate("test")
         train = trainer.evaluate("train")
         save_checkpoint(rd.path, total, {**trainer.state_dict(), "elapsed": elapsed(), "epoch_times": epoch_times,
                                          "log_window": Window().__dict__.copy()}, final=True)
         final = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
                  "train_top1": train["top1"], "train_top5": train["top5"], "train_loss": train["loss"],
-                 "train_top1_running": _last_epoch_train_top1(rd)}
+                 "train_top1_running": (trainer.epoch_window.summary()["train_top1"]
+                                        if trainer.epoch_window.examples else _last_epoch_train_top1(rd))}
         append_jsonl(rd.metrics_path, {"kind": "final", "step": total, **final})
         record.update(status="finished", final=final, steps_done=total, wall_time_s=elapsed(),
                       epoch_times=epoch_times, finished=time.time())

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +73,7 @@ class Derived:
 
 
 def derive(cfg: Config, num_train: int) -> Derived:
-    plan = BatchPlan(num_train, cfg.batch_size, cfg.seed)
+    plan = BatchPlan(num_train, cfg.batch_size, cfg.seed, dataset=cfg.data)
     spe = plan.steps_per_epoch
     total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * spe))
     if cfg.optim.lr_rule == "table6":
@@ -138,7 +137,7 @@ class Trainer:
         self.bundle = bundle or build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
                                            autoaugment=cfg.autoaugment, seed=cfg.seed)
         self.derived = derive(cfg, self.bundle.num_train)
-        self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed)
+        self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed, dataset=self.bundle.name)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, num_classes=self.bundle.num_classes,
                                  in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,

@@ -132,7 +132,7 @@ def bn_route(model: nn.Module, branch: str, *, record: bool = True) -> Iterator[
     try:
         yield
     finally:
-        for m, (b, r) in zip(modules, previous):
+        for m, (b, r) in zip(modules, previous, strict=True):
             m.branch, m.record = b, r
 
 

@@ -1,0 +1,111 @@
+"""The training loop: accumulation equals one big batch, records, divergence, failure, config clashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conadv_repro.config import config_from_overrides
+from conadv_repro.engine import run as run_module
+from conadv_repro.engine.run import run_training
+from conadv_repro.engine.trainer import Trainer
+from conadv_repro.errors import UserError
+
+FAST = ["batch_size=64", "bn.group_size=16", "runtime.threads=2", "runtime.device=cpu", "model.width=8"]
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_accumulated_step_equals_one_big_batch_step():
+    big = Trainer(config_from_overrides(FAST), log=quiet)
+    small = Trainer(config_from_overrides([*FAST, "runtime.micro_batch=16"]), log=quiet)
+    assert small.derived.accumulation == 4
+    small.model.load_state_dict(big.model.state_dict())
+    for trainer in (big, small):
+        trainer.open_batches(0)
+        for step in range(3):
+            trainer.train_step(step, trainer.next_step_batches(step))
+    big_state, small_state = big.model.state_dict(), small.model.state_dict()
+    for key in big_state:
+        torch.testing.assert_close(small_state[key], big_state[key], rtol=1e-4, atol=1e-5, msg=key)
+    moved = [k for k in big_state if "running_mean" in k and big_state[k].abs().sum() > 0]
+    assert moved, "the running statistics should have moved"
+
+
+def test_a_short_run_writes_its_directory_and_is_not_run_twice(tmp_path: Path):
+    cfg = config_from_overrides([*FAST, "steps=12", "runtime.log_every=4", "runtime.checkpoint_every=5"])
+    lines: list[str] = []
+    record = run_training(cfg, tmp_path / "run", log=lines.append)
+    assert record["status"] == "finished"
+    run_dir = tmp_path / "run"
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert stored["run_id"] == cfg.run_id() and stored["derived"]["steps_per_epoch"] == 1257 // 64
+    assert stored["derived"]["total_steps"] == 12 and stored["derived"]["warmup_steps"] > 0
+    final = record["final"]
+    for key in ("test_top1", "test_top5", "train_top1", "train_top1_running"):
+        assert final[key] is not None and 0 <= final[key] <= 100
+    assert record["environment"]["torch"] == torch.__version__
+    assert record["environment"]["packages"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [4, 8, 12]
+    assert rows[-1]["kind"] == "final"
+    assert any("step 8/12" in line for line in lines)  # progress lines
+    assert (run_dir / "checkpoints" / "final.pt").exists()
+    assert not (run_dir / "lock.json").exists()
+    again: list[str] = []
+    assert run_training(cfg, run_dir, log=again.append)["status"] == "finished"
+    assert any("already finished" in line and "nothing to do" in line for line in again)
+
+
+def test_a_non_finite_loss_ends_the_run_as_diverged(tmp_path: Path):
+    cfg = config_from_overrides([*FAST, "steps=30", "optim.name=sgd", "optim.lr=1e8",
+                                 "schedule.warmup_epochs=0"])
+    record = run_training(cfg, tmp_path / "run", log=quiet)
+    assert record["status"] == "diverged"
+    assert "loss is" in record["error"]
+    again: list[str] = []
+    run_training(cfg, tmp_path / "run", log=again.append)
+    assert "already diverged" in again[0]
+
+
+def test_an_exception_marks_the_run_failed_and_a_restart_resumes(tmp_path: Path, monkeypatch):
+    cfg = config_from_overrides([*FAST, "steps=6", "runtime.checkpoint_every=2"])
+    original = Trainer.train_step
+
+    def broken(self, step, micro_batches):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, step, micro_batches)
+
+    monkeypatch.setattr(Trainer, "train_step", broken)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_training(cfg, tmp_path / "run", log=quiet)
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "failed" and "simulated crash" in record["error"]
+    assert record["steps_done"] == 4
+    monkeypatch.setattr(Trainer, "train_step", original)
+    lines: list[str] = []
+    record = run_training(cfg, tmp_path / "run", log=lines.append)
+    assert record["status"] == "finished" and record["attempts"] == 2
+    assert any("resuming" in line and "step 4/6" in line for line in lines)
+
+
+def test_a_run_directory_holding_another_config_is_refused_untouched(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    run_training(config_from_overrides([*FAST, "steps=2"]), run_dir, log=quiet)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    with pytest.raises(UserError, match="holds a different config") as info:
+        run_training(config_from_overrides([*FAST, "steps=2", "seed=5"]), run_dir, log=quiet)
+    assert "seed=0 (yours 5)" in str(info.value)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+def test_the_engine_has_no_method_branches():
+    # The loop asks a strategy object; it never tests which method it runs.
+    source = Path(run_module.__file__).read_text() + Path(run_module.__file__).with_name("trainer.py").read_text()
+    assert "method ==" not in source and "cfg.method ==" not in source
