@@ -24,9 +24,3 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
     return env
 
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300):
-    import subprocess
-
-    return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)

@@ -1,0 +1,61 @@
+"""The command line: --help explains every option; bad input is one line, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conadv_repro.config import FIELDS
+from tests.helpers import run_cli
+
+
+def test_help_lists_every_config_key(tmp_path: Path, cli_env):
+    out = run_cli(["-m", "conadv_repro.train", "--help"], cli_env, tmp_path)
+    assert out.returncode == 0
+    for key in FIELDS:
+        assert f"  {key}=" in out.stdout, key
+    assert "--run-dir" in out.stdout
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["method=fgsm"], "method='fgsm' is not allowed"),
+    (["data=mnist"], "data='mnist' is not allowed"),
+    (["nosuch.key=1"], "unknown config key 'nosuch.key'"),
+    (["batch_size=100"], "batch_size=100 is not a whole number of BN groups of bn.group_size=32"),
+    (["data=imagenet", "data_root={tmp}/nowhere"], "nowhere"),
+    (["data=imagenet", "data_root={tmp}/empty"], "empty"),
+    (["data=cifar10", "data_root={tmp}/nowhere"], "nowhere"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, cli_env, overrides, fragment):
+    (tmp_path / "empty").mkdir()
+    run_dir = tmp_path / "run"
+    args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    out = run_cli(["-m", "conadv_repro.train", "--run-dir", str(run_dir), *args], cli_env, tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not run_dir.exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_directory_with_another_config_is_refused(tmp_path: Path, cli_env):
+    run_dir = tmp_path / "run"
+    common = ["--run-dir", str(run_dir), "steps=2", "model.width=4", "runtime.device=cpu"]
+    assert run_cli(["-m", "conadv_repro.train", *common], cli_env, tmp_path).returncode == 0
+    out = run_cli(["-m", "conadv_repro.train", *common, "seed=9"], cli_env, tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "holds a different config" in out.stderr
+
+
+def test_evaluate_prints_test_and_train_accuracy(tmp_path: Path, cli_env):
+    run_dir = tmp_path / "run"
+    assert run_cli(["-m", "conadv_repro.train", "--run-dir", str(run_dir), "steps=3", "model.width=4",
+                    "runtime.device=cpu"], cli_env, tmp_path).returncode == 0
+    out = run_cli(["-m", "conadv_repro.evaluate", str(run_dir)], cli_env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "test  top-1" in out.stdout and "train top-1" in out.stdout and "final.pt" in out.stdout
+    missing = run_cli(["-m", "conadv_repro.evaluate", str(tmp_path / "nothing")], cli_env, tmp_path)
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
