@@ -247,3 +247,13 @@ def test_dataset_by_import_path(monkeypatch: pytest.MonkeyPatch) -> None:
         build_data("fake_user_data:build_fake", autoaugment=True)
     with pytest.raises(UserError, match="fake_user_data:missing"):
         build_data("fake_user_data:missing")
+
+
+def test_imagenet_holdout_keeps_the_papers_steps_per_epoch():
+    from conadv_repro.data.datasets import IMAGENET_VAL_PER_CLASS
+
+    full = 1_281_167
+    ours = full - 1000 * IMAGENET_VAL_PER_CLASS
+    for k in (4, 8, 16, 32, 64, 96):
+        batch = k * 1024
+        assert ours // batch == full // batch, k
