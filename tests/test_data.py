@@ -181,7 +181,7 @@ def test_tiny_imagenet_tree(tmp_path: Path) -> None:
         _write_images(tmp_path / "train" / wnid, 12, rng)
         _write_images(tmp_path / "val" / wnid, 2, rng)
     bundle = build_data("imagenet", root=str(tmp_path), image_size=32, autoaugment=True, seed=1)
-    assert (bundle.num_train, len(bundle.val), len(bundle.test), bundle.num_classes) == (4, 20, 4, 2)
+    assert (bundle.num_train, len(bundle.val), len(bundle.test), bundle.num_classes) == (18, 6, 4, 2)
     assert not bundle.train_in_memory and bundle.in_channels == 3
     plan = BatchPlan(bundle.num_train, 4, seed=1)
     batches = list(train_micro_batches(bundle, plan, start_step=0, end_step=2, micro_size=2))

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from conadv_repro.engine.checkpoint import load_latest_checkpoint
-
 from tests.helpers import run_cli
 
 # AutoAugment and accumulation on, so that keyed augmentation and micro-batching are part of the claim.
