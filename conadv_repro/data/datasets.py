@@ -10,10 +10,14 @@ is what learning-rate sweeps select on; the test split is only reported.
 - `imagenet`: ILSVRC-2012 as class folders under `root`; train minus 3 images per class / those
   3 per class / the official 50000 validation images as test.
 - `pkg.module:build`: a user's own dataset (see `load_user_dataset`).
+
+`paired=True` (AutoAugment only) gives every training example both views, for the official code's
+three-way BatchNorm: the AutoAugment image as today plus the same crop without AutoAugment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -26,7 +30,14 @@ import torch
 from torch.utils.data import Dataset
 
 from conadv_repro.data.sources import EvalSet, FileImages, ImageSource, KeyedTrainSet, TensorImages
-from conadv_repro.data.transforms import TransformPair, cifar10_preset, digits_preset, imagenet_preset
+from conadv_repro.data.transforms import (
+    ImageTransform,
+    PairedTransform,
+    TransformPair,
+    cifar10_preset,
+    digits_preset,
+    imagenet_preset,
+)
 from conadv_repro.errors import UserError
 
 # Fixed split sizes; changing one changes every training set built from it.
@@ -51,7 +62,9 @@ class DataBundle:
     `train` takes `(global_index, epoch, step, micro)` items (see `MicroBatchSampler`); `train_eval`
     (the train split without augmentation, for the generalisation gap), `val` and `test` take plain
     int indices. All return `(image, label, index)`; images are float, normalised by `mean` / `std`
-    (per channel, in [0, 1] pixel units), so valid inputs lie in `input_range()`.
+    (per channel, in [0, 1] pixel units), so valid inputs lie in `input_range()`. When `paired`,
+    `train` items are `(image, label, index, original)`: `original` is the same example with the
+    same crop and flip but without AutoAugment (see `PairedTransform`).
     """
 
     name: str
@@ -68,6 +81,7 @@ class DataBundle:
     train_in_memory: bool = False
     autoaugment: bool = False
     seed: int = 0
+    paired: bool = False
 
     def input_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images of pixels 0 and 1, shaped (1,C,1,1): where an attack must clip."""
@@ -315,7 +329,9 @@ def load_user_dataset(path: str, root: str, image_size: int, *, autoaugment: boo
     `build` also takes keyword arguments `autoaugment` and `seed`, they are passed; it should then key
     its train augmentation by the seed, which `make_bundle` does for it. The returned bundle must follow
     `DataBundle`'s item formats: `train[(global_index, epoch, step, micro)]` and `split[i]` both give
-    `(normalised float CHW image, int label, index)`.
+    `(normalised float CHW image, int label, index)`. `build_data(..., paired=True)` pairs the
+    bundle afterwards (see `with_pairs`), so `build` never sees it; that needs `make_bundle` with the
+    autoaugment preset.
     """
     module_name, _, attribute = path.partition(":")
     try:
@@ -347,16 +363,59 @@ def load_user_dataset(path: str, root: str, image_size: int, *, autoaugment: boo
     return bundle
 
 
+def with_pairs(bundle: DataBundle, name: str) -> DataBundle:
+    """`bundle` with a train set that also yields each example's un-AutoAugmented view.
+
+    Done after building, so builders (users' too) need not know of pairing: any bundle whose train set
+    is a `KeyedTrainSet` with an AutoAugment preset (what `make_bundle` gives) can pair. The eval sets
+    and the unpaired view's numbers are unchanged.
+    """
+    train = getattr(bundle, "train", None)
+    if isinstance(train, KeyedTrainSet) and train.paired and isinstance(bundle, DataBundle):
+        return dataclasses.replace(bundle, paired=True)
+    transform = getattr(train, "transform", None)
+    if not (
+        isinstance(bundle, DataBundle)
+        and isinstance(train, KeyedTrainSet)
+        and isinstance(transform, ImageTransform)
+        and transform.can_pair
+    ):
+        raise UserError(
+            f"dataset '{name}' cannot give paired views: its train set is not a KeyedTrainSet whose "
+            "transform ends in AutoAugment; allowed: paired=false for it, or a builder that passes "
+            "autoaugment to make_bundle's preset"
+        )
+    paired = KeyedTrainSet(train.source, PairedTransform(transform), train.seed)
+    return dataclasses.replace(bundle, train=paired, paired=True)
+
+
 def build_data(
-    name: str, *, root: str = "", image_size: int = 0, autoaugment: bool = False, seed: int = 0
+    name: str,
+    *,
+    root: str = "",
+    image_size: int = 0,
+    autoaugment: bool = False,
+    seed: int = 0,
+    paired: bool = False,
 ) -> DataBundle:
-    """Build dataset `name` (see the module docstring); `image_size` 0 means the dataset's default."""
+    """Build dataset `name` (see the module docstring); `image_size` 0 means the dataset's default.
+
+    `paired=True` needs `autoaugment=True`: the original is the image without AutoAugment, so without
+    it the two views would be the same.
+    """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
         raise UserError(
             f"image_size {image_size!r} is not allowed; allowed: a positive integer, or 0 for the default"
         )
+    if paired and not autoaugment:
+        raise UserError(
+            "paired views need autoaugment=true (the original is the image without AutoAugment); "
+            "allowed: paired=false, or paired=true with autoaugment=true"
+        )
     if name in DATASETS:
-        return DATASETS[name](root, image_size, autoaugment=autoaugment, seed=seed)
-    if ":" in name:
-        return load_user_dataset(name, root, image_size, autoaugment=autoaugment, seed=seed)
-    raise UserError(f"unknown dataset '{name}'; allowed: {_allowed()}")
+        bundle = DATASETS[name](root, image_size, autoaugment=autoaugment, seed=seed)
+    elif ":" in name:
+        bundle = load_user_dataset(name, root, image_size, autoaugment=autoaugment, seed=seed)
+    else:
+        raise UserError(f"unknown dataset '{name}'; allowed: {_allowed()}")
+    return with_pairs(bundle, name) if paired else bundle

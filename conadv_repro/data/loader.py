@@ -3,7 +3,8 @@
 Training batches come from `MicroBatchSampler` through a DataLoader, in (step, micro) order, wrapped
 in a `Lookahead` so that the engine can see the next steps' data (ConAdv attacks batch t+1 while
 batch t trains). Each example's augmentation is keyed by (seed, epoch, index), so the result is the
-same for any number of workers, any micro-batch size and any resume point.
+same for any number of workers, any micro-batch size and any resume point. A paired bundle's
+micro-batches also carry `originals`, the same examples without AutoAugment.
 """
 
 from __future__ import annotations
@@ -16,37 +17,47 @@ from torch.utils.data import DataLoader, Dataset
 
 from conadv_repro.data.datasets import DataBundle
 from conadv_repro.data.sampler import BatchPlan, Lookahead, MicroBatchKey, MicroBatchSampler
-from conadv_repro.data.sources import StackedSamples, stack_samples
+from conadv_repro.data.sources import Sample, StackedSamples, stack_samples
 from conadv_repro.errors import UserError
 
 
 @dataclass
 class MicroBatch:
-    """One micro-batch of this rank: normalised inputs, int64 targets, int64 global example indices."""
+    """One micro-batch of this rank: normalised inputs, int64 targets, int64 global example indices.
+
+    `originals` (paired bundles only, else None) are the inputs' examples with the same crop and flip
+    but without AutoAugment, for the main BatchNorm of the three-way BN option.
+    """
 
     key: MicroBatchKey
     inputs: torch.Tensor
     targets: torch.Tensor
     indices: torch.Tensor
+    originals: torch.Tensor | None = None
 
     def to(
         self, device: torch.device | str, non_blocking: bool = True, channels_last: bool = False
     ) -> MicroBatch:
-        """Move inputs and targets to `device`.
+        """Move inputs, originals (if any) and targets to `device`.
 
         `indices` stay on the CPU: they are keys for seeding per-example randomness in Python, and
         reading them back from a GPU would stall the stream.
         """
         memory_format = torch.channels_last if channels_last else torch.preserve_format
+
+        def move(images: torch.Tensor) -> torch.Tensor:
+            return images.to(device, non_blocking=non_blocking, memory_format=memory_format)
+
         return MicroBatch(
             key=self.key,
-            inputs=self.inputs.to(device, non_blocking=non_blocking, memory_format=memory_format),
+            inputs=move(self.inputs),
             targets=self.targets.to(device, non_blocking=non_blocking),
             indices=self.indices,
+            originals=None if self.originals is None else move(self.originals),
         )
 
 
-def collate(batch: StackedSamples | Sequence[tuple[torch.Tensor, int, int]]) -> StackedSamples:
+def collate(batch: StackedSamples | Sequence[Sample]) -> StackedSamples:
     """DataLoader's collate_fn: our datasets stack a micro-batch themselves (`__getitems__`); a user's
     dataset without `__getitems__` hands over a list of `(image, label, index)` samples."""
     if isinstance(batch, StackedSamples):
@@ -85,6 +96,7 @@ def train_micro_batches(
             f"the batch plan covers {plan.num_examples} examples but {bundle.name} has "
             f"{bundle.num_train} training examples; allowed: a plan built from the bundle"
         )
+    paired = bool(getattr(bundle, "paired", False))  # a user's duck-typed bundle may lack the field
     sampler = MicroBatchSampler(plan, start_step, end_step, micro_size, rank=rank, world_size=world_size)
     loader = DataLoader(
         bundle.train,
@@ -98,8 +110,19 @@ def train_micro_batches(
 
     def micro_batches() -> Iterator[MicroBatch]:
         # DataLoader keeps the sampler's order even with workers, so the keys line up with the batches.
-        for key, (inputs, targets, indices) in zip(sampler.keys(), loader, strict=True):
-            yield MicroBatch(key=key, inputs=inputs, targets=targets, indices=indices)
+        for key, batch in zip(sampler.keys(), loader, strict=True):
+            if paired and batch.originals is None:
+                raise UserError(
+                    f"{bundle.name} is marked paired but its train set gave no originals; allowed: a "
+                    "bundle from build_data(..., paired=True)"
+                )
+            yield MicroBatch(
+                key=key,
+                inputs=batch.inputs,
+                targets=batch.targets,
+                indices=batch.indices,
+                originals=batch.originals if paired else None,
+            )
 
     return Lookahead(micro_batches())
 
@@ -129,8 +152,8 @@ class EvalBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for inputs, targets, _ in self.loader:
-            yield inputs, targets
+        for batch in self.loader:
+            yield batch.inputs, batch.targets
 
 
 def eval_batches(

@@ -3,7 +3,8 @@
 A *source* holds one split's raw examples (uint8 tensors in memory, or image files) and knows nothing
 of transforms. The train set applies the random train transform keyed per example; the eval set
 applies the deterministic eval transform. Both return `(image, label, index)`, so a batch always
-carries the global indices that keyed randomness (augmentation, attack noise) needs.
+carries the global indices that keyed randomness (augmentation, attack noise) needs. A paired train
+set (see `PairedTransform`) appends the un-AutoAugmented view: `(image, label, index, original)`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from conadv_repro.data.keys import STREAM_AUGMENT, example_seed
 from conadv_repro.data.sampler import SampleKey
-from conadv_repro.data.transforms import Transform, keyed_call
+from conadv_repro.data.transforms import PairedTransform, Transform, keyed_call
 
 
 class ImageSource(Protocol):
@@ -61,25 +62,42 @@ class FileImages:
         return self.loader(path), label
 
 
+# An item: (image, label, index), or (image, label, index, original) from a paired train set.
+Sample = tuple[torch.Tensor, int, int] | tuple[torch.Tensor, int, int, torch.Tensor]
+
+
 class StackedSamples(NamedTuple):
-    """A collated batch: inputs (N,C,H,W) float, targets (N,) int64, global indices (N,) int64."""
+    """A collated batch: inputs (N,C,H,W) float, targets (N,) int64, global indices (N,) int64, and
+    for a paired train set the originals (N,C,H,W) float (the inputs without AutoAugment), else None."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     indices: torch.Tensor
+    originals: torch.Tensor | None = None
 
 
-def stack_samples(samples: Sequence[tuple[torch.Tensor, int, int]]) -> StackedSamples:
-    """Collate a list of `(image, label, index)` samples."""
-    images, labels, indices = zip(*samples, strict=True)
+def stack_samples(samples: Sequence[Sample]) -> StackedSamples:
+    """Collate a list of samples, all plain `(image, label, index)` or all paired (with `original`)."""
+    widths = {len(sample) for sample in samples}
+    if len(widths) != 1 or not widths <= {3, 4}:
+        raise ValueError(f"samples of {sorted(widths)} fields cannot be stacked; allowed: all 3 or all 4")
+    columns = list(zip(*samples, strict=True))
     return StackedSamples(
-        torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.tensor(indices, dtype=torch.int64)
+        torch.stack(columns[0]),
+        torch.tensor(columns[1], dtype=torch.int64),
+        torch.tensor(columns[2], dtype=torch.int64),
+        torch.stack(columns[3]) if len(columns) == 4 else None,
     )
 
 
-def _batched_path(source: ImageSource, transform: Transform) -> bool:
+def _batched_path(source: ImageSource, transform: object) -> bool:
     # In memory and nothing random or geometric: one indexing + one normalisation for the whole batch.
-    return isinstance(source, TensorImages) and getattr(transform, "batchable", False)
+    # A paired transform is never batchable (it runs AutoAugment), and must not take this path anyway.
+    return (
+        isinstance(source, TensorImages)
+        and not isinstance(transform, PairedTransform)
+        and getattr(transform, "batchable", False)
+    )
 
 
 class KeyedTrainSet(Dataset):
@@ -88,9 +106,12 @@ class KeyedTrainSet(Dataset):
     The train transform is seeded by `example_seed(seed, epoch, global_index, STREAM_AUGMENT)`, so an
     example's augmentation in an epoch is the same whichever worker, micro-batch or rank loads it, and
     reloading a batch (ConAdv attacks step t+1's batch one step early) reproduces it exactly.
+
+    With a `PairedTransform` the items are `(image, label, global_index, original)`, `image` being
+    bit-identical to the unpaired set's under the same key.
     """
 
-    def __init__(self, source: ImageSource, transform: Transform, seed: int) -> None:
+    def __init__(self, source: ImageSource, transform: Transform | PairedTransform, seed: int) -> None:
         self.source = source
         self.transform = transform
         self.seed = seed
@@ -102,14 +123,18 @@ class KeyedTrainSet(Dataset):
     def in_memory(self) -> bool:
         return isinstance(self.source, TensorImages)
 
-    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int, int]:
+    @property
+    def paired(self) -> bool:
+        return isinstance(self.transform, PairedTransform)
+
+    def __getitem__(self, key: SampleKey) -> Sample:
         index, epoch = key[0], key[1]
         image, label = self.source.load(index)
-        return (
-            keyed_call(self.transform, image, example_seed(self.seed, epoch, index, STREAM_AUGMENT)),
-            label,
-            index,
-        )
+        seed = example_seed(self.seed, epoch, index, STREAM_AUGMENT)
+        if isinstance(self.transform, PairedTransform):
+            augmented, original = keyed_call(self.transform, image, seed)
+            return augmented, label, index, original
+        return keyed_call(self.transform, image, seed), label, index
 
     def __getitems__(self, keys: Sequence[SampleKey]) -> StackedSamples:
         """What DataLoader calls for a whole micro-batch; identical to stacking `self[key]` per key."""

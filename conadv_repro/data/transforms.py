@@ -10,6 +10,8 @@ Each preset is the usual recipe for its dataset:
 `autoaugment=True` appends torchvision's AutoAugment (ImageNet policy) to the train augmentation,
 on uint8 images and before the conversion to float, as torchvision's classification references do.
 This is the paper's augmentation: section 3.1 trains on the augmented image instead of the original.
+`PairedTransform` gives both views of one draw, for the official code's three-way BatchNorm (main BN
+on the original, auxiliary BNs on the AutoAugment and the adversarial image).
 
 torchvision's random transforms draw from torch's global RNG, so `keyed_call` runs one under a forked
 RNG seeded per example; then an example's augmentation depends only on its key, not on which worker
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -31,6 +33,7 @@ from conadv_repro.errors import UserError
 
 ImageInput = torch.Tensor | Image.Image
 Transform = Callable[[Any], torch.Tensor]
+R = TypeVar("R")
 
 
 class Normalise:
@@ -84,13 +87,53 @@ class ImageTransform:
     def __call__(self, image: ImageInput) -> torch.Tensor:
         for step in self.steps:
             image = step(image)
-        if isinstance(image, Image.Image):
-            image = F.pil_to_tensor(image)
-        return self.normalise(image)
+        return self.normalise(_as_tensor(image))
+
+    @property
+    def can_pair(self) -> bool:
+        """Whether AutoAugment is the last step, so `PairedTransform` can split it off the geometric ones."""
+        return bool(self.steps) and isinstance(self.steps[-1], T.AutoAugment)
 
     def __repr__(self) -> str:
         steps = ", ".join(type(step).__name__ for step in self.steps) or "no augmentation"
         return f"ImageTransform({steps}; random={self.random})"
+
+
+def _as_tensor(image: ImageInput) -> torch.Tensor:
+    return F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+
+
+class PairedTransform:
+    """A train transform ending in AutoAugment, giving `(augmented, original)` from one random draw.
+
+    The geometric steps run once and their uint8 result is the original; AutoAugment then runs on
+    it. AutoAugment is the last random step of the train transform, so under `keyed_call` it draws
+    exactly what the unpaired transform draws: `augmented` is bit-identical to `train(image)`, and
+    `original` has the same crop and flip, without AutoAugment.
+    """
+
+    random = True
+    batchable = False  # geometric steps and AutoAugment work per image
+
+    def __init__(self, train: ImageTransform) -> None:
+        if not train.can_pair:
+            raise ValueError(f"{train!r} does not end in AutoAugment, so it has no un-augmented view")
+        self.geometric = train.steps[:-1]
+        self.autoaugment = train.steps[-1]
+        self.normalise = train.normalise
+
+    def __call__(self, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+        for step in self.geometric:
+            image = step(image)
+        # Normalised before AutoAugment runs: the float copy is safe from any in-place change to `image`
+        # (for in-memory data, a view of the whole split).
+        original = self.normalise(_as_tensor(image))
+        augmented = self.normalise(_as_tensor(self.autoaugment(image)))
+        return augmented, original
+
+    def __repr__(self) -> str:
+        steps = ", ".join(type(step).__name__ for step in self.geometric) or "no augmentation"
+        return f"PairedTransform({steps}; then AutoAugment)"
 
 
 @dataclass(frozen=True)
@@ -145,7 +188,7 @@ def imagenet_preset(
     )
 
 
-def keyed_call(transform: Transform, image: ImageInput, seed: int) -> torch.Tensor:
+def keyed_call(transform: Callable[[Any], R], image: ImageInput, seed: int) -> R:
     """Apply `transform` with torch's global RNG seeded by `seed`, leaving the caller's RNG untouched.
 
     Transforms that declare `random = False` skip the fork, which costs more than normalising a small
