@@ -67,7 +67,7 @@ def main() -> None:
     trainer = Trainer(cfg, log=lambda _msg: None)
     device = trainer.device
     trainer.open_batches(0)
-    micros = trainer.next_step_batches(0)
+    micros = list(trainer.step_batches(0))
 
     def engine_step() -> None:
         trainer.train_step(0, micros)

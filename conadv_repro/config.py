@@ -26,6 +26,16 @@ from conadv_repro.errors import UserError
 SCHEMA_VERSION = 1
 KIBI = 1024
 
+# Each method and the config sections (and keys) only it uses: setting one for a method with no use for
+# it is a mistake, not a silent no-op (and keeps e.g. vanilla's run ids free of attack fields).
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "vanilla": (),
+    "disadv": ("attack.",),
+    "conadv": ("attack.", "conadv."),
+}
+METHODS = tuple(METHOD_KEYS)
+METHOD_SPECIFIC = ("attack.", "conadv.", "bn.three_way")
+
 
 def _f(default: Any, help: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
        maximum: float | None = None, positive: bool = False, batch: bool = False, hashed: bool = True,
@@ -86,6 +96,45 @@ class BNConfig:
     momentum: float = _f(0.1, "running-statistics momentum, applied once per optimizer step",
                          positive=True, maximum=1.0)
     eps: float = _f(1e-5, "BatchNorm epsilon", positive=True)
+    three_way: bool = _f(False, "with autoaugment: a third BN for the augmented images, the original images "
+                         "through the main BN and the adversarial ones through the auxiliary BN (the "
+                         "official code)")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    epsilon: float = _f(3.0, "L-infinity radius in 0-255 pixel units (Table 5's p), applied per channel "
+                        "through the input std", minimum=0.0)
+    step_size: float = _f(1.0, "step of the one PGD step, as a multiple of epsilon", minimum=0.0)
+    random_init: bool = _f(True, "start from a uniform random point of the epsilon ball (PGD's random init)")
+    clean_start_prob: float = _f(0.0, "probability that an example starts from the clean image instead "
+                                 "(the official code: 0.2)", minimum=0.0, maximum=1.0)
+    gradient: str = _f("sign", "step direction: sign (PGD, L-infinity steepest ascent) or raw (eq. 3 and 5 "
+                       "write x + alpha * grad)", choices=("sign", "raw"))
+    target: str = _f("none", "none: ascend the loss of the true label; random: descend toward a random "
+                     "wrong label (the official code)", choices=("none", "random"))
+    units: str = _f("pixel", "pixel: epsilon/255 of the [0,1] image, divided by the channel std; tf_official: "
+                    "epsilon*2/255 added to the standardised input, as the official code does",
+                    choices=("pixel", "tf_official"))
+    bn: str = _f("aux", "the BN branch the attack's forward uses: aux (AdvProp) or main", choices=("aux", "main"))
+    bn_mode: str = _f("train_frozen", "BN mode during the attack: train_frozen (batch statistics, running "
+                      "statistics untouched), eval (running statistics), train_moving (batch statistics, and "
+                      "the attack's statistics move the running ones, as the official code; sequential "
+                      "executor only)", choices=("train_frozen", "eval", "train_moving"))
+    loss_weighting: str = _f("sum", "sum: clean + adversarial losses (eq. 2, Algorithm 1); mean: the mean of the "
+                             "branch losses, 1/2 each (eq. 4)", choices=("sum", "mean"))
+
+
+@dataclass(frozen=True)
+class ConAdvConfig:
+    tau: int = _f(1, "staleness: the adversarial examples of step t come from theta_(t-tau) "
+                  "(theta_0 for the first tau steps)", minimum=0)
+    executor: str = _f("auto", "where the attack runs: sequential (the reference), thread (a worker thread on "
+                       "the CPU), stream (a side CUDA stream), auto (stream on CUDA, thread on the CPU); "
+                       "all give the same numbers", choices=("auto", "sequential", "thread", "stream"),
+                       hashed=False)
+    attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run (0: none)", minimum=0,
+                             hashed=False)
 
 
 @dataclass(frozen=True)
@@ -110,7 +159,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    method: str = _f("vanilla", "training method", choices=("vanilla",))
+    method: str = _f("vanilla", "training method: vanilla, disadv (attack batch t with theta_t), conadv "
+                     "(attack batch t with theta_(t-tau), concurrently with the update)", choices=METHODS)
     autoaugment: bool = _f(False, "train on AutoAugment (ImageNet policy) images instead of the originals")
     data: str = _f("digits", "dataset: digits (embedded, scikit-learn's 8x8 digits), cifar10, imagenet, "
                    "or your own builder as pkg.module:build", choices=("digits", "cifar10", "imagenet"),
@@ -130,6 +180,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     bn: BNConfig = field(default_factory=BNConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    conadv: ConAdvConfig = field(default_factory=ConAdvConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
@@ -157,7 +209,8 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
-                             "bn": BNConfig, "runtime": RuntimeConfig}
+                             "bn": BNConfig, "attack": AttackConfig, "conadv": ConAdvConfig,
+                             "runtime": RuntimeConfig}
 
 
 def _walk(obj: Any, prefix: str) -> Iterable[tuple[str, Any]]:
@@ -311,6 +364,13 @@ def _validate_cross_fields(cfg: Config) -> None:
             parse_batch(cfg.paper_batch)
         except ValueError:
             raise UserError(f"paper_batch={cfg.paper_batch!r} is not a batch size like 32k") from None
+    if cfg.method == "conadv" and cfg.attack.bn_mode == "train_moving" and \
+            cfg.conadv.executor in ("thread", "stream"):
+        raise UserError(f"conadv.executor={cfg.conadv.executor} cannot run attack.bn_mode=train_moving (the "
+                        "attack would write running statistics while the update reads them); allowed: "
+                        "conadv.executor=sequential or auto")
+    if cfg.bn.three_way and not cfg.autoaugment:
+        raise UserError("bn.three_way=true needs autoaugment=true (its third BN is for augmented images)")
     if cfg.schedule.end_lr > cfg.optim.lr and cfg.optim.lr_rule == "fixed":
         raise UserError(f"schedule.end_lr={cfg.schedule.end_lr} is above the peak optim.lr={cfg.optim.lr}")
 
@@ -355,6 +415,15 @@ def build_config(values: Mapping[str, Any], *, _explicit: set[str] | None = None
         if clash:
             raise UserError(f"{clash[0]} conflicts with optim.lr_rule={merged['optim.lr_rule']} (which sets "
                             "the peak LR and warmup from batch_size); set optim.lr_rule=fixed to use your own")
+    method = merged.get("method", "vanilla")
+    if method in METHOD_KEYS:
+        for key in sorted(explicit):
+            if key.startswith(METHOD_SPECIFIC) and not key.startswith(METHOD_KEYS[method]) and \
+                    not (key == "bn.three_way" and METHOD_KEYS[method]):
+                users = [m for m, keys in METHOD_KEYS.items() if key.startswith(keys) and keys] or \
+                    [m for m, keys in METHOD_KEYS.items() if keys]
+                raise UserError(f"{key} has no use with method={method}; it applies to method="
+                                f"{' or '.join(users)}")
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
     for key, value in merged.items():

@@ -29,7 +29,7 @@ def test_accumulated_step_equals_one_big_batch_step():
     for trainer in (big, small):
         trainer.open_batches(0)
         for step in range(3):
-            trainer.train_step(step, trainer.next_step_batches(step))
+            trainer.train_step(step, trainer.step_batches(step))
     big_state, small_state = big.model.state_dict(), small.model.state_dict()
     for key in big_state:
         torch.testing.assert_close(small_state[key], big_state[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -95,7 +95,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
     spe, total = derived.steps_per_epoch, derived.total_steps
     try:
         for step in range(start, total):
-            out = trainer.train_step(step, trainer.next_step_batches(step))
+            out = trainer.train_step(step, trainer.step_batches(step))
             trainer.step = steps_done = step + 1
             for window in (log_window, trainer.epoch_window):
                 window.add(out["examples"], out["correct"], out["loss"], out["branch_loss"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,7 @@ from conadv_repro.engine.progress import ProgressPrinter
 from conadv_repro.errors import UserError
 from conadv_repro.methods import MethodContext, build_method
 from conadv_repro.model.registry import build_model
-from conadv_repro.model.split_bn import bn_route, commit_bn_statistics
+from conadv_repro.model.split_bn import BRANCHES, THREE_WAY, bn_route, commit_bn_statistics
 from conadv_repro.optim.lars import LARS, param_groups_for_lars
 from conadv_repro.optim.schedule import lr_at
 from conadv_repro.presets import table6_hparams
@@ -135,14 +135,15 @@ class Trainer:
             torch.set_num_threads(cfg.runtime.threads)
         self.device = resolve_device(cfg.runtime.device)
         self.bundle = bundle or build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
-                                           autoaugment=cfg.autoaugment, seed=cfg.seed)
+                                           autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way)
         self.derived = derive(cfg, self.bundle.num_train)
         self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed, dataset=self.bundle.name)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, num_classes=self.bundle.num_classes,
                                  in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,
                                  bn_group_size=cfg.bn.group_size, bn_momentum=cfg.bn.momentum,
-                                 bn_eps=cfg.bn.eps).to(self.device)
+                                 bn_eps=cfg.bn.eps, bn_branches=THREE_WAY if cfg.bn.three_way else BRANCHES,
+                                 ).to(self.device)
         self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -153,7 +154,8 @@ class Trainer:
         self.epoch_window = Window()
         self.batches: Any = None
         self.method = build_method(MethodContext(
-            cfg=cfg, model=self.model, device=self.device, mean=self.bundle.mean, std=self.bundle.std,
+            cfg=cfg, model=self.model, device=self.device, num_classes=self.bundle.num_classes,
+            mean=self.bundle.mean, std=self.bundle.std,
             peek=self._peek, autocast=self.autocast, to_device=self.to_device))
 
     # ----------------------------------------------------------------- helpers shared with methods
@@ -181,8 +183,11 @@ class Trainer:
                      power=self.cfg.schedule.power, end_lr=self.cfg.schedule.end_lr)
 
     # ----------------------------------------------------------------- the step
-    def train_step(self, step: int, micro_batches: list[MicroBatch]) -> dict[str, Any]:
-        """One optimizer step over the micro-batches of `step`. Raises Diverged on a non-finite loss."""
+    def train_step(self, step: int, micro_batches: Iterable[MicroBatch]) -> dict[str, Any]:
+        """One optimizer step over the micro-batches of `step`. Raises Diverged on a non-finite loss.
+
+        `micro_batches` may be lazy (see `step_batches`): each is pulled only when it trains, so a
+        method's look-ahead (`peek(0)`) is always the micro-batch after the current one."""
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -218,14 +223,13 @@ class Trainer:
         return {"loss": loss_value, "correct": correct.item(), "examples": examples, "lr": lr,
                 "branch_loss": {k: float(v) for k, v in branch_losses.items()}}
 
-    def next_step_batches(self, step: int) -> list[MicroBatch]:
-        micros = []
+    def step_batches(self, step: int) -> Iterator[MicroBatch]:
+        """The micro-batches of `step` from the data stream, pulled one at a time."""
         for _ in range(self.derived.accumulation):
             micro = next(self.batches)
             if micro.key.step != step:
                 raise RuntimeError(f"data stream out of step: expected step {step}, got {micro.key}")
-            micros.append(micro)
-        return micros
+            yield micro
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, split: str) -> dict[str, float]:

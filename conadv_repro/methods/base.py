@@ -39,6 +39,7 @@ class MethodContext:
     cfg: Config
     model: nn.Module
     device: Any
+    num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     peek: Callable[[int], MicroBatch | None]

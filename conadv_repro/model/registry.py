@@ -9,7 +9,7 @@ from torch import nn
 from conadv_repro.config import ModelConfig
 from conadv_repro.errors import UserError
 from conadv_repro.model.resnet import CIFAR_DEPTHS, TORCHVISION, cifar_resnet, torchvision_resnet
-from conadv_repro.model.split_bn import convert_to_split_bn
+from conadv_repro.model.split_bn import BRANCHES, convert_to_split_bn
 
 
 def resolve_import_path(path: str, what: str) -> object:
@@ -22,7 +22,8 @@ def resolve_import_path(path: str, what: str) -> object:
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_size: int,
-                bn_group_size: int, bn_momentum: float, bn_eps: float) -> nn.Module:
+                bn_group_size: int, bn_momentum: float, bn_eps: float,
+                bn_branches: tuple[str, ...] = BRANCHES) -> nn.Module:
     """A user's builder `pkg.module:build` is called as `build(num_classes=, in_channels=, image_size=)`
     and returns an nn.Module with ordinary BatchNorm2d layers; they are converted like ours."""
     if cfg.name in CIFAR_DEPTHS:
@@ -41,4 +42,5 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int, image_s
         model = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
         if not isinstance(model, nn.Module):
             raise UserError(f"model.name={cfg.name!r} returned {type(model).__name__}, not an nn.Module")
-    return convert_to_split_bn(model, group_size=bn_group_size, momentum=bn_momentum, eps=bn_eps)
+    return convert_to_split_bn(model, group_size=bn_group_size, momentum=bn_momentum, eps=bn_eps,
+                               branches=bn_branches)

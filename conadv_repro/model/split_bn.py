@@ -25,24 +25,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BRANCHES = ("main", "aux")
+THREE_WAY = ("main", "aux", "aug")  # the official code's third BN, for AutoAugment images
 
 
 class SplitBatchNorm2d(nn.Module):
     """BatchNorm2d with a main and an auxiliary branch, ghost groups, and once-per-step running stats."""
 
-    def __init__(self, num_features: int, *, group_size: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, num_features: int, *, group_size: int, momentum: float = 0.1, eps: float = 1e-5,
+                 branches: tuple[str, ...] = BRANCHES):
         super().__init__()
+        self.branches = branches
         self.num_features = num_features
         self.group_size = group_size
         self.momentum = momentum
         self.eps = eps
-        self.main = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
-        self.aux = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
+        for name in branches:
+            self.add_module(name, nn.BatchNorm2d(num_features, eps=eps, momentum=momentum))
         self.branch = "main"
         self.record = True
         # Per branch: sum of group means, sum of group unbiased variances, number of groups. Not part of
         # the state dict: they are empty at every step boundary, where checkpoints are taken.
-        for name in BRANCHES:
+        for name in branches:
             self.register_buffer(f"_sum_mean_{name}", torch.zeros(num_features), persistent=False)
             self.register_buffer(f"_sum_var_{name}", torch.zeros(num_features), persistent=False)
             self.register_buffer(f"_groups_{name}", torch.zeros(()), persistent=False)
@@ -75,13 +78,13 @@ class SplitBatchNorm2d(nn.Module):
         return {name: getattr(self, name) for name in self._accumulator_names()}
 
     def _accumulator_names(self) -> list[str]:
-        return [f"_{kind}_{b}" for b in BRANCHES for kind in ("sum_mean", "sum_var", "groups")]
+        return [f"_{kind}_{b}" for b in self.branches for kind in ("sum_mean", "sum_var", "groups")]
 
     @torch.no_grad()
     def commit(self) -> None:
         """Fold the mean of the recorded group statistics into the running statistics, then reset.
         Branches that recorded nothing keep their statistics; no host sync (torch.where, not .item())."""
-        for name in BRANCHES:
+        for name in self.branches:
             groups = getattr(self, f"_groups_{name}")
             bn: nn.BatchNorm2d = getattr(self, name)
             recorded = groups > 0
@@ -104,18 +107,20 @@ def split_bn_modules(model: nn.Module) -> Iterator[SplitBatchNorm2d]:
     return (m for m in model.modules() if isinstance(m, SplitBatchNorm2d))
 
 
-def convert_to_split_bn(model: nn.Module, *, group_size: int, momentum: float, eps: float) -> nn.Module:
-    """Replace every BatchNorm2d of `model` by a SplitBatchNorm2d whose both branches start as copies."""
+def convert_to_split_bn(model: nn.Module, *, group_size: int, momentum: float, eps: float,
+                        branches: tuple[str, ...] = BRANCHES) -> nn.Module:
+    """Replace every BatchNorm2d of `model` by a SplitBatchNorm2d whose branches all start as copies."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.BatchNorm2d):
-            split = SplitBatchNorm2d(child.num_features, group_size=group_size, momentum=momentum, eps=eps)
+            split = SplitBatchNorm2d(child.num_features, group_size=group_size, momentum=momentum, eps=eps,
+                                     branches=branches)
             with torch.no_grad():
-                for branch in (split.main, split.aux):
-                    branch.weight.copy_(child.weight)
-                    branch.bias.copy_(child.bias)
+                for branch in branches:
+                    getattr(split, branch).weight.copy_(child.weight)
+                    getattr(split, branch).bias.copy_(child.bias)
             setattr(model, name, split)
         else:
-            convert_to_split_bn(child, group_size=group_size, momentum=momentum, eps=eps)
+            convert_to_split_bn(child, group_size=group_size, momentum=momentum, eps=eps, branches=branches)
     return model
 
 
@@ -123,9 +128,10 @@ def convert_to_split_bn(model: nn.Module, *, group_size: int, momentum: float, e
 def bn_route(model: nn.Module, branch: str, *, record: bool = True) -> Iterator[None]:
     """Route forwards of `model` through the `branch` BN ("main" or "aux"); `record=False` leaves the
     running statistics untouched (e.g. an attack in train mode with frozen statistics)."""
-    if branch not in BRANCHES:
-        raise ValueError(f"unknown BN branch {branch!r}; allowed: {', '.join(BRANCHES)}")
     modules = list(split_bn_modules(model))
+    allowed = modules[0].branches if modules else BRANCHES
+    if branch not in allowed:
+        raise ValueError(f"unknown BN branch {branch!r}; allowed: {', '.join(allowed)}")
     previous = [(m.branch, m.record) for m in modules]
     for m in modules:
         m.branch, m.record = branch, record
@@ -145,3 +151,13 @@ def commit_bn_statistics(model: nn.Module) -> None:
 def discard_bn_statistics(model: nn.Module) -> None:
     for m in split_bn_modules(model):
         m.discard()
+
+
+@torch.no_grad()
+def move_pending_statistics(source: nn.Module, target: nn.Module) -> None:
+    """Add the statistics `source` recorded to those of `target` (same architecture) and clear them in
+    `source`: an attack on a snapshot that should move the live network's running statistics."""
+    for src, dst in zip(split_bn_modules(source), split_bn_modules(target), strict=True):
+        for name, value in src.pending_statistics().items():
+            getattr(dst, name).add_(value)
+        src.discard()

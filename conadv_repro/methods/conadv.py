@@ -1,0 +1,136 @@
+"""ConAdv (the paper's section 3.3, Algorithm 1): the adversarial examples of step t come from the stale
+weights theta_(t-tau), so the attack no longer has to wait for the update before it.
+
+    step t:  update theta_t on clean_t (main BN) + adv_t (aux BN), where adv_t = attack(clean_t; theta_(t-tau))
+             beside it: attack the next micro-batch with its own stale weights
+
+The first tau steps use theta_0 (there is nothing older); the look-ahead runs across epoch boundaries
+(the data order is a pure function of the step).
+
+The pending state is a set of weight snapshots, not images: theta_s for the steps s whose examples are
+still to come (tau + 1 of them). A snapshot holds everything the attack reads (parameters and BN
+buffers). The adversarial micro-batches of a step are computed from its snapshot as they are needed,
+so memory stays at one adversarial micro-batch, and a checkpoint holds the snapshots, from which a
+resumed run recomputes exactly the same examples (the attack's noise is keyed per example).
+
+While micro-batch j trains, the executor attacks the micro-batch after it (j + 1, or micro-batch 0 of
+the next step) when its snapshot exists: always for tau >= 1; within a step for tau = 0, which makes
+ConAdv(tau=0) DisAdv on a copy of the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from conadv_repro.concurrency.executors import make_executor
+from conadv_repro.data.loader import MicroBatch
+from conadv_repro.data.sampler import MicroBatchKey
+from conadv_repro.methods.adversarial import AdversarialMethod
+from conadv_repro.methods.base import Branch, MethodContext
+from conadv_repro.model.split_bn import move_pending_statistics
+
+
+class ConAdv(AdversarialMethod):
+    name = "conadv"
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__(ctx)
+        self.tau = ctx.cfg.conadv.tau
+        self.moves_running_stats = ctx.cfg.attack.bn_mode == "train_moving"
+        self.executor = make_executor(ctx.cfg.conadv.executor, ctx.device,
+                                      moves_running_stats=self.moves_running_stats)
+        self.snapshots: dict[int, nn.Module] = {}
+        self._spares: list[nn.Module] = []
+        self.pending: dict[MicroBatchKey, Future[Any]] = {}
+        # (step, micro, the step of the weights the attack used): evidence of staleness, for tests and logs.
+        self.trace: deque[tuple[int, int, int]] = deque(maxlen=4096)
+        self._take_snapshot(0)
+
+    # ----------------------------------------------------------------- snapshots
+    def source_step(self, step: int) -> int:
+        return max(step - self.tau, 0)
+
+    def _take_snapshot(self, step: int) -> None:
+        """Copy the live weights (theta_step) into a snapshot module (a spare one when there is one)."""
+        live = self.ctx.model
+        if self._spares:
+            snap = self._spares.pop()
+            with torch.no_grad():
+                for dst, src in zip(_tensors(snap), _tensors(live), strict=True):
+                    dst.copy_(src)
+        else:
+            snap = copy.deepcopy(live)
+            for p in snap.parameters():
+                p.requires_grad_(False)  # the attack needs input gradients only
+                p.grad = None
+        self.snapshots[step] = snap
+
+    def after_update(self, step: int) -> None:
+        self._take_snapshot(step + 1)
+        oldest_needed = self.source_step(step + 1)
+        for s in [s for s in self.snapshots if s < oldest_needed]:
+            self._spares.append(self.snapshots.pop(s))
+
+    # ----------------------------------------------------------------- attacks
+    def _attack(self, micro: MicroBatch) -> Tensor:
+        """Attack `micro` with the weights of its source step (runs on the executor's thread/stream)."""
+        key = micro.key
+        source = self.source_step(key.step)
+        snapshot = self.snapshots[source]
+        micro = self.ctx.to_device(micro)
+        adv = self.adversarial(snapshot, micro)
+        if self.moves_running_stats:  # sequential executor only: the live network's statistics move
+            move_pending_statistics(snapshot, self.ctx.model)
+        self.trace.append((key.step, key.micro, source))
+        return adv
+
+    def _prefetch_next(self) -> None:
+        if not self.executor.concurrent:
+            return
+        upcoming = self.ctx.peek(0)
+        if upcoming is None or upcoming.key in self.pending:
+            return
+        if self.source_step(upcoming.key.step) not in self.snapshots:
+            return  # tau = 0 across a step boundary: its weights do not exist yet
+        self.pending[upcoming.key] = self.executor.submit(lambda: self._attack(upcoming))
+
+    def branches(self, micro: MicroBatch) -> list[Branch]:
+        future = self.pending.pop(micro.key, None)
+        adv = self.executor.wait(future) if future is not None else self._attack(micro)
+        self._prefetch_next()
+        return self.make_branches(micro, adv)
+
+    # ----------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau, "snapshots": {s: m.state_dict() for s, m in self.snapshots.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("tau") != self.tau:
+            raise ValueError(f"checkpoint was written with conadv.tau={state.get('tau')}, not {self.tau}")
+        self._drain()
+        self._spares.extend(self.snapshots.values())
+        self.snapshots = {}
+        for step, weights in state["snapshots"].items():
+            self._take_snapshot(int(step))
+            self.snapshots[int(step)].load_state_dict(weights)
+
+    def _drain(self) -> None:
+        for future in self.pending.values():
+            future.result()
+        self.pending.clear()
+
+    def close(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self.executor.close()
+
+
+def _tensors(model: nn.Module) -> list[Tensor]:
+    return [*model.parameters(), *model.buffers()]
