@@ -1,12 +1,15 @@
-"""Time the engine's training step against a minimal plain-PyTorch loop, in one run.
+"""Step times of the engine, in one run on the machine at hand, as ratios.
 
-Both loops train the same network (same architecture, our split ghost BN, our LARS) on the same batch;
-the ratio engine/plain is the cost of the engine itself (method dispatch, BN routing and commit,
-metrics, the divergence check). Goal: at most 1.05. The two are timed in alternating rounds so that
-drift of the machine hits both alike.
+1. The engine's vanilla step against a minimal plain-PyTorch loop: same network (our split ghost BN),
+   same LARS, same data stream. The ratio is the cost of the engine itself (method dispatch, BN routing
+   and commit, metrics, the divergence check). Goal: at most 1.05.
+2. DisAdv/vanilla and ConAdv/vanilla, and ConAdv concurrent/sequential: the attack on a worker thread
+   (CPU) or a side CUDA stream (GPU) against the same attack run in line.
 
-    python benchmarks/engine_overhead.py                     # the embedded default on this machine
-    python benchmarks/engine_overhead.py runtime.device=cuda model.name=resnet50 data=imagenet ...
+All variants are timed in alternating rounds so that drift of the machine hits them alike.
+
+    python benchmarks/engine_overhead.py                           # the embedded default, this machine
+    python benchmarks/engine_overhead.py runtime.device=cuda model.name=resnet50 ...
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from conadv_repro.config import config_from_overrides
+from conadv_repro.data.loader import train_micro_batches
 from conadv_repro.engine.trainer import Trainer, build_optimizer
 from conadv_repro.errors import cli_entry
 from conadv_repro.model.registry import build_model
+
+LONG = "steps=1000000"  # the data stream must outlast every round
 
 
 def cpu_name() -> str:
@@ -47,11 +54,62 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(fn, steps: int, device: torch.device) -> float:
+class EngineVariant:
+    """Consecutive engine steps of one method, read from its own data stream."""
+
+    def __init__(self, overrides: list[str]):
+        self.trainer = Trainer(config_from_overrides([*overrides, LONG]), log=lambda _msg: None)
+        self.trainer.open_batches(0)
+        self.step = 0
+
+    def __call__(self) -> None:
+        t = self.trainer
+        t.train_step(self.step, t.step_batches(self.step))
+        self.step += 1
+
+    def settle(self) -> None:
+        """Finish the attack a concurrent executor started for the next step, inside this variant's
+        time: left running, it would steal the cores from the next variant's round."""
+        self.trainer.method.wait_idle()
+
+
+class PlainVariant:
+    """A minimal PyTorch loop over the same network, optimizer and data stream."""
+
+    def __init__(self, reference: Trainer):
+        cfg, bundle, self.device = reference.cfg, reference.bundle, reference.device
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                                 image_size=bundle.image_size, bn_group_size=cfg.bn.group_size,
+                                 bn_momentum=cfg.bn.momentum, bn_eps=cfg.bn.eps).to(self.device)
+        self.channels_last = reference.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg, self.model, reference.derived.peak_lr)
+        self.batches = train_micro_batches(bundle, reference.plan, start_step=0,
+                                           end_step=reference.derived.total_steps,
+                                           micro_size=reference.derived.micro_batch)
+        self.accumulation, self.batch = reference.derived.accumulation, cfg.batch_size
+        self.smoothing, self.autocast = cfg.optim.label_smoothing, reference.autocast
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(self.accumulation):
+            micro = next(self.batches).to(self.device, channels_last=self.channels_last)
+            with self.autocast():
+                logits = self.model(micro.inputs)
+            loss = F.cross_entropy(logits.float(), micro.targets, label_smoothing=self.smoothing)
+            (loss * (micro.targets.shape[0] / self.batch)).backward()
+        self.optimizer.step()
+
+
+def time_steps(fn: Callable[[], None], steps: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    if isinstance(fn, EngineVariant):
+        fn.settle()
     sync(device)
     return (time.perf_counter() - start) / steps
 
@@ -60,53 +118,43 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for train")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timing round (default 20)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timing round (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     args = parser.parse_args()
-    cfg = config_from_overrides(["runtime.threads=0", *args.overrides])
-    trainer = Trainer(cfg, log=lambda _msg: None)
-    device = trainer.device
-    trainer.open_batches(0)
-    micros = list(trainer.step_batches(0))
+    base = ["runtime.threads=0", *args.overrides]
+    variants: dict[str, Callable[[], None]] = {"vanilla": EngineVariant([*base, "method=vanilla"])}
+    reference = variants["vanilla"].trainer
+    device = reference.device
+    concurrent = "stream" if device.type == "cuda" else "thread"
+    variants["plain"] = PlainVariant(reference)
+    variants["disadv"] = EngineVariant([*base, "method=disadv"])
+    variants["conadv-sequential"] = EngineVariant([*base, "method=conadv", "conadv.executor=sequential"])
+    variants[f"conadv-{concurrent}"] = EngineVariant([*base, "method=conadv", f"conadv.executor={concurrent}"])
 
-    def engine_step() -> None:
-        trainer.train_step(0, micros)
-
-    torch.manual_seed(cfg.seed)
-    bundle = trainer.bundle
-    plain_model = build_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                              image_size=bundle.image_size, bn_group_size=cfg.bn.group_size,
-                              bn_momentum=cfg.bn.momentum, bn_eps=cfg.bn.eps).to(device)
-    if trainer.channels_last:
-        plain_model = plain_model.to(memory_format=torch.channels_last)
-    plain_opt = build_optimizer(cfg, plain_model, trainer.derived.peak_lr)
-    on_device = [trainer.to_device(m) for m in micros]
-    share = [m.targets.shape[0] / cfg.batch_size for m in on_device]
-
-    def plain_step() -> None:
-        plain_opt.zero_grad(set_to_none=True)
-        for micro, weight in zip(on_device, share, strict=True):
-            with trainer.autocast():
-                logits = plain_model(micro.inputs)
-            loss = F.cross_entropy(logits.float(), micro.targets, label_smoothing=cfg.optim.label_smoothing)
-            (loss * weight).backward()
-        plain_opt.step()
-
-    time_steps(engine_step, 3, device)  # warm-up
-    time_steps(plain_step, 3, device)
-    engine_times, plain_times = [], []
+    for fn in variants.values():
+        time_steps(fn, 2, device)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        engine_times.append(time_steps(engine_step, args.steps, device))
-        plain_times.append(time_steps(plain_step, args.steps, device))
-    engine_ms = statistics.median(engine_times) * 1e3
-    plain_ms = statistics.median(plain_times) * 1e3
+        for name, fn in variants.items():
+            times[name].append(time_steps(fn, args.steps, device))
+    ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+    batch = reference.cfg.batch_size
     print(f"machine: {machine(device)}; device {device}; torch {torch.__version__}")
-    print(f"setup: {trainer.describe()}")
-    print(f"plain PyTorch step: {plain_ms:8.2f} ms  ({cfg.batch_size / plain_ms * 1e3:,.0f} img/s)")
-    print(f"engine vanilla step: {engine_ms:7.2f} ms  ({cfg.batch_size / engine_ms * 1e3:,.0f} img/s)")
-    print(f"ratio engine/plain: {engine_ms / plain_ms:.3f}  (goal <= 1.05; median of {args.rounds} rounds "
-          f"of {args.steps} steps)")
-    trainer.close()
+    print(f"setup: {reference.describe()}")
+    print(f"median of {args.rounds} alternating rounds of {args.steps} steps:")
+    for name, value in ms.items():
+        print(f"  {name:20s} {value:9.2f} ms/step  {batch / value * 1e3:10,.0f} img/s")
+    print("ratios:")
+    print(f"  engine vanilla / plain PyTorch:      {ms['vanilla'] / ms['plain']:.3f}  (goal <= 1.05)")
+    print(f"  DisAdv / vanilla:                    {ms['disadv'] / ms['vanilla']:.3f}")
+    print(f"  ConAdv ({concurrent}) / vanilla:           {ms[f'conadv-{concurrent}'] / ms['vanilla']:.3f}")
+    print(f"  ConAdv {concurrent} / sequential:          "
+          f"{ms[f'conadv-{concurrent}'] / ms['conadv-sequential']:.3f}")
+    print(f"  DisAdv / ConAdv ({concurrent}):            {ms['disadv'] / ms[f'conadv-{concurrent}']:.3f}")
+    for variant in variants.values():
+        if isinstance(variant, EngineVariant):
+            variant.trainer.close()
 
 
 if __name__ == "__main__":

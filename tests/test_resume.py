@@ -10,15 +10,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conadv_repro.engine.checkpoint import load_latest_checkpoint
 from tests.helpers import run_cli
 
 # AutoAugment and accumulation on, so that keyed augmentation and micro-batching are part of the claim.
-CONFIG = ["batch_size=64", "bn.group_size=16", "runtime.micro_batch=32", "model.width=8", "epochs=8",
-          "autoaugment=true", "runtime.checkpoint_every=5", "runtime.log_every=3", "runtime.threads=1",
-          "runtime.device=cpu"]
+COMMON = ["batch_size=64", "bn.group_size=16", "runtime.micro_batch=32", "model.width=8",
+          "runtime.checkpoint_every=5", "runtime.log_every=3", "runtime.threads=1", "runtime.device=cpu"]
+CONFIGS = {
+    "vanilla+aa": [*COMMON, "epochs=8", "autoaugment=true"],
+    # ConAdv's pending theta snapshot and its concurrent attack thread are part of the checkpoint claim.
+    "conadv": [*COMMON, "epochs=4", "method=conadv", "conadv.executor=thread", "attack.epsilon=4"],
+}
 TIMING_FIELDS = {"elapsed_s", "images_per_s"}
 
 
@@ -43,13 +48,15 @@ def assert_bit_identical(a: dict, b: dict) -> None:
             assert torch.equal(value, b["optimizer"]["state"][index][name]), f"optimizer {index}.{name}"
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, cli_env):
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, cli_env, name):
+    config = CONFIGS[name]
     reference = tmp_path / "reference"
-    done = run_cli(["-m", "conadv_repro.train", "--run-dir", str(reference), *CONFIG], cli_env, tmp_path)
+    done = run_cli(["-m", "conadv_repro.train", "--run-dir", str(reference), *config], cli_env, tmp_path)
     assert done.returncode == 0, done.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(killed), *CONFIG],
+    process = subprocess.Popen([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(killed), *config],
                                env=cli_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     second = killed / "checkpoints" / "step-00000010.pt"
     deadline = time.time() + 240
@@ -66,7 +73,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, cli_env)
     newest = max((killed / "checkpoints").glob("step-*.pt"))
     newest.write_bytes(newest.read_bytes()[: 1000])
 
-    resumed = run_cli(["-m", "conadv_repro.train", "--run-dir", str(killed), *CONFIG], cli_env, tmp_path)
+    resumed = run_cli(["-m", "conadv_repro.train", "--run-dir", str(killed), *config], cli_env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     assert "corrupt or incomplete" in resumed.stderr

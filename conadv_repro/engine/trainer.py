@@ -214,13 +214,13 @@ class Trainer:
             (total * share).backward()
             loss_total += total.detach() * share
             examples += micro.targets.shape[0]
-        loss_value = loss_total.item()
+        loss_value, correct_value = torch.stack([loss_total, correct]).tolist()  # one host sync
         if not math.isfinite(loss_value):
             raise Diverged(f"loss is {loss_value} at step {step}")
         commit_bn_statistics(self.model)
         self.optimizer.step()
         self.method.after_update(step)
-        return {"loss": loss_value, "correct": correct.item(), "examples": examples, "lr": lr,
+        return {"loss": loss_value, "correct": correct_value, "examples": examples, "lr": lr,
                 "branch_loss": {k: float(v) for k, v in branch_losses.items()}}
 
     def step_batches(self, step: int) -> Iterator[MicroBatch]:

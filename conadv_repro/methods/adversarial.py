@@ -9,8 +9,8 @@ the branch losses (eq. 2, Algorithm 1) or their mean (eq. 4's 1/2), per `attack.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import Tensor, nn
 

@@ -68,5 +68,8 @@ class Method:
         if state:
             raise ValueError(f"method {self.name} has no state, got keys {sorted(state)}")
 
+    def wait_idle(self) -> None:
+        """Block until work started beside the update (if any) has finished; its results are kept."""
+
     def close(self) -> None:
         """Release threads or streams."""

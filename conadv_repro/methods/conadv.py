@@ -120,6 +120,10 @@ class ConAdv(AdversarialMethod):
             self._take_snapshot(int(step))
             self.snapshots[int(step)].load_state_dict(weights)
 
+    def wait_idle(self) -> None:
+        for future in list(self.pending.values()):
+            future.exception()  # waits; a failure is raised later, by the step that needs the result
+
     def _drain(self) -> None:
         for future in self.pending.values():
             future.result()

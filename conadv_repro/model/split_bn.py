@@ -43,12 +43,13 @@ class SplitBatchNorm2d(nn.Module):
             self.add_module(name, nn.BatchNorm2d(num_features, eps=eps, momentum=momentum))
         self.branch = "main"
         self.record = True
-        # Per branch: sum of group means, sum of group unbiased variances, number of groups. Not part of
-        # the state dict: they are empty at every step boundary, where checkpoints are taken.
+        # Per branch: sums of the recorded groups' means and unbiased variances (buffers, on the device)
+        # and the number of groups (a Python int: known from shapes, so committing needs no host sync).
+        # Not part of the state dict: they are empty at every step boundary, where checkpoints are taken.
         for name in branches:
             self.register_buffer(f"_sum_mean_{name}", torch.zeros(num_features), persistent=False)
             self.register_buffer(f"_sum_var_{name}", torch.zeros(num_features), persistent=False)
-            self.register_buffer(f"_groups_{name}", torch.zeros(()), persistent=False)
+        self.groups = dict.fromkeys(branches, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         bn: nn.BatchNorm2d = getattr(self, self.branch)
@@ -70,37 +71,36 @@ class SplitBatchNorm2d(nn.Module):
                 unbiased = var.reshape(groups, c) * (count / max(count - 1, 1))
                 getattr(self, f"_sum_mean_{self.branch}").add_(mean.reshape(groups, c).sum(0))
                 getattr(self, f"_sum_var_{self.branch}").add_(unbiased.sum(0))
-                getattr(self, f"_groups_{self.branch}").add_(groups)
+                self.groups[self.branch] += groups
         return y.to(x.dtype)
 
     def pending_statistics(self) -> dict[str, Tensor]:
-        """The recorded sums (for an all-reduce across ranks before `commit`)."""
-        return {name: getattr(self, name) for name in self._accumulator_names()}
-
-    def _accumulator_names(self) -> list[str]:
-        return [f"_{kind}_{b}" for b in self.branches for kind in ("sum_mean", "sum_var", "groups")]
+        """The recorded sums (for an all-reduce across ranks before `commit`); counts are in `groups`."""
+        return {f"_{kind}_{b}": getattr(self, f"_{kind}_{b}") for b in self.branches
+                for kind in ("sum_mean", "sum_var")}
 
     @torch.no_grad()
     def commit(self) -> None:
         """Fold the mean of the recorded group statistics into the running statistics, then reset.
-        Branches that recorded nothing keep their statistics; no host sync (torch.where, not .item())."""
+        Branches that recorded nothing keep their statistics."""
+        m = self.momentum
         for name in self.branches:
-            groups = getattr(self, f"_groups_{name}")
+            groups = self.groups[name]
+            if not groups:
+                continue
             bn: nn.BatchNorm2d = getattr(self, name)
-            recorded = groups > 0
-            count = groups.clamp(min=1)
-            mean = getattr(self, f"_sum_mean_{name}") / count
-            var = getattr(self, f"_sum_var_{name}") / count
-            m = self.momentum
-            bn.running_mean.copy_(torch.where(recorded, bn.running_mean * (1 - m) + mean * m, bn.running_mean))
-            bn.running_var.copy_(torch.where(recorded, bn.running_var * (1 - m) + var * m, bn.running_var))
-            bn.num_batches_tracked.add_(recorded.long())
+            bn.running_mean.mul_(1 - m).add_(getattr(self, f"_sum_mean_{name}"), alpha=m / groups)
+            bn.running_var.mul_(1 - m).add_(getattr(self, f"_sum_var_{name}"), alpha=m / groups)
+            bn.num_batches_tracked.add_(1)
         self.discard()
 
     @torch.no_grad()
     def discard(self) -> None:
-        for name in self._accumulator_names():
-            getattr(self, name).zero_()
+        for name in self.branches:
+            if self.groups[name]:
+                getattr(self, f"_sum_mean_{name}").zero_()
+                getattr(self, f"_sum_var_{name}").zero_()
+                self.groups[name] = 0
 
 
 def split_bn_modules(model: nn.Module) -> Iterator[SplitBatchNorm2d]:
@@ -160,4 +160,6 @@ def move_pending_statistics(source: nn.Module, target: nn.Module) -> None:
     for src, dst in zip(split_bn_modules(source), split_bn_modules(target), strict=True):
         for name, value in src.pending_statistics().items():
             getattr(dst, name).add_(value)
+        for branch, groups in src.groups.items():
+            dst.groups[branch] += groups
         src.discard()
