@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Trains one short run on the embedded dataset (scikit-learn's digits) on the CPU: no cluster, no
-# ImageNet, no W&B account. Running it again prints the finished run's result.
+# Trains one short ConAdv run on the embedded dataset (scikit-learn's digits) on the CPU, its attack on
+# a worker thread beside the update: no cluster, no ImageNet, no W&B account. Running it again prints
+# the finished run's result.
 quickstart: $(STAMP)
-	$(PY) -m conadv_repro.train --run-dir $(RUN_DIR) runtime.device=cpu
+	$(PY) -m conadv_repro.train --run-dir $(RUN_DIR) method=conadv epochs=15 runtime.threads=1 runtime.device=cpu
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q

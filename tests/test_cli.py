@@ -26,6 +26,10 @@ def test_help_lists_every_config_key(tmp_path: Path, cli_env):
     (["data=imagenet", "data_root={tmp}/nowhere"], "nowhere"),
     (["data=imagenet", "data_root={tmp}/empty"], "empty"),
     (["data=cifar10", "data_root={tmp}/nowhere"], "nowhere"),
+    (["method=disadv", "attack.epsilon=-1"], "attack.epsilon=-1.0 must be >= 0.0"),
+    (["method=conadv", "attack.bn_mode=frozen"], "attack.bn_mode='frozen' is not allowed"),
+    (["method=conadv", "conadv.tau=-1"], "conadv.tau=-1 must be >= 0"),
+    (["attack.epsilon=3"], "attack.epsilon has no use with method=vanilla"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, cli_env, overrides, fragment):
     (tmp_path / "empty").mkdir()

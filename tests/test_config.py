@@ -108,3 +108,33 @@ def test_every_field_has_help():
 def test_import_path_names_are_allowed():
     cfg = build_config({"model.name": "mypkg.nets:build", "data": "mypkg.data:build"})
     assert cfg.model.name == "mypkg.nets:build"
+
+
+def test_the_official_codes_settings_are_reachable():
+    from conadv_repro.presets import OFFICIAL_CODE
+
+    cfg = build_config(OFFICIAL_CODE)
+    assert cfg.batch_size == 98304 and cfg.steps == 1301 and cfg.optim.momentum == 0.92
+    assert cfg.attack.units == "tf_official" and cfg.attack.target == "random" and cfg.bn.three_way
+    assert cfg.conadv.tau == 0 and cfg.attack.bn_mode == "train_moving"
+
+
+@pytest.mark.parametrize("items, fragment", [
+    (["attack.epsilon=3"], "attack.epsilon has no use with method=vanilla; it applies to method=disadv or conadv"),
+    (["method=disadv", "conadv.tau=2"], "conadv.tau has no use with method=disadv; it applies to method=conadv"),
+    (["method=conadv", "conadv.tau=-1"], "conadv.tau=-1 must be >= 0"),
+    (["method=disadv", "attack.epsilon=-2"], "attack.epsilon=-2.0 must be >= 0.0"),
+    (["method=disadv", "attack.bn_mode=frozen"], "attack.bn_mode='frozen' is not allowed; allowed: train_frozen"),
+    (["method=conadv", "attack.bn_mode=train_moving", "conadv.executor=thread"], "cannot run attack.bn_mode"),
+    (["method=conadv", "bn.three_way=true"], "bn.three_way=true needs autoaugment=true"),
+])
+def test_adversarial_bad_values(items, fragment):
+    with pytest.raises(UserError) as info:
+        config_from_overrides(items)
+    assert fragment in str(info.value)
+
+
+def test_attack_fields_at_default_keep_vanilla_ids():
+    assert config_from_overrides(["method=conadv"]).run_id() != Config().run_id()
+    assert config_from_overrides(["method=conadv", "attack.epsilon=3", "conadv.executor=thread"]).run_id() == \
+        config_from_overrides(["method=conadv"]).run_id()
