@@ -32,3 +32,13 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The local single-node Slurm cluster for the Slurm tests (root, Debian only): slurm/local/README.md.
+.PHONY: slurm-up slurm-down
+slurm-up:
+	@test "$$(id -u)" = 0 || { echo "make slurm-up: must run as root (installs packages, starts daemons); try: sudo make slurm-up" >&2; exit 1; }
+	bash slurm/local/start.sh
+
+slurm-down:
+	@test "$$(id -u)" = 0 || { echo "make slurm-down: must run as root; try: sudo make slurm-down" >&2; exit 1; }
+	bash slurm/local/stop.sh

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm_support import require_slurm_partition
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -23,3 +25,8 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
     return env
 
+
+@pytest.fixture(scope="session")
+def slurm_partition() -> str:
+    """The local Slurm cluster's partition (`make slurm-up`); skips without one (fails in CI)."""
+    return require_slurm_partition()
