@@ -172,9 +172,9 @@ class Config:
     steps: int | None = _f(None, "training length in steps; overrides epochs (e.g. the official code's "
                            "1301)", positive=True)
     seed: int = _f(0, "seed of initialisation, data order, augmentation and attacks", minimum=0)
-    scale: str = _f("", "preset the run belongs to: smoke, cifar10, paper (applies its defaults "
+    scale: str = _f("", "preset the run belongs to: smoke, proxy, cifar10, paper (applies its defaults "
                     "before your overrides); empty for a free run",
-                    choices=("", "smoke", "cifar10", "paper"))
+                    choices=("", "smoke", "proxy", "cifar10", "paper"))
     paper_batch: str = _f("", "the paper's batch size this run stands for (e.g. 32k); empty for a free run")
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -73,10 +73,30 @@ def table6_hparams(batch_size: int) -> tuple[float, float]:
 SCALES: dict[str, dict[str, Any]] = {
     # A free run: the dataclass defaults (digits, a small CIFAR-style ResNet, under a minute on a CPU).
     "": {},
-    # The smoke scale is the defaults too: it exists as a name so launched runs say what they are.
-    "smoke": {},
+    # Every cell of every grid in seconds: a few steps of a narrow network on the embedded digits. It
+    # checks the plumbing, not the paper's effects.
+    "smoke": {
+        "model.width": 8,
+        "bn.group_size": 8,
+        "optim.lr": 4.0,
+        "steps": 40,
+        "schedule.warmup_epochs": 0.0,
+        "runtime.log_every": 1,
+        "runtime.checkpoint_every": 2,
+        "runtime.eval_batch": 1024,
+    },
+    # The paper's effects in miniature on the embedded digits, several seeds per cell. Its epoch
+    # budget and learning rates are tuned by measurement (see docs/fidelity.md, the proxy scale).
+    "proxy": {
+        "model.width": 16,
+        "bn.group_size": 8,
+        "epochs": 20.0,
+        "runtime.log_every": 50,
+        "runtime.eval_batch": 1024,
+    },
     "cifar10": {
         "data": "cifar10",
+        "runtime.eval_batch": 1024,
         "model.name": "resnet18",
         "model.stem": "cifar",
         "batch_size": 1024,
@@ -112,3 +132,34 @@ SCALES: dict[str, dict[str, Any]] = {
 def preset_values(scale: str) -> dict[str, Any]:
     """The dotted-key defaults of a scale (validated as a config field elsewhere)."""
     return dict(SCALES.get(scale, {}))
+
+
+# The scales a grid can be launched at, and the facts their batch-size rule needs.
+IMAGENET_TRAIN = 1_281_167
+SCALE_TRAIN_SIZE = {"smoke": 1257, "proxy": 1257, "cifar10": 45_000}
+SCALE_SEEDS: dict[str, tuple[int, ...]] = {"proxy": (0, 1, 2, 3, 4)}
+LAUNCH_SCALES = ("smoke", "proxy", "cifar10", "paper")
+SCALE_DESCRIPTIONS = {
+    "smoke": "embedded digits, resnet8 (width 8), 40 steps per run: the plumbing, in seconds",
+    "proxy": "embedded digits, resnet8, 20 epochs, 5 seeds per cell: the effects in miniature",
+    "cifar10": "CIFAR-10, ResNet-18 (CIFAR stem), 90 epochs: needs the dataset downloaded",
+    "paper": "ImageNet, ResNet-50, 90 epochs, Table 6: the paper itself (--data-root)",
+}
+
+
+def scale_batch(scale: str, paper_batch: str) -> int:
+    """The batch size a paper column is trained with at `scale`.
+
+    At the paper scale it is the paper's (32k = 32 x 1024). Smaller scales keep the *fraction of the
+    training set per step*: B = N_scale * B_paper / N_imagenet, rounded to a whole number of BN groups
+    and at least one group. The digits (1257 images) are about 1/1000 of ImageNet, so 32k maps to 32
+    and 256k to 256; CIFAR-10's 45,000 map 32k to 1152.
+    """
+    from conadv_repro.config import parse_batch
+
+    paper = parse_batch(paper_batch)
+    if scale == "paper":
+        return paper
+    group = int(preset_values(scale).get("bn.group_size", 32))
+    exact = SCALE_TRAIN_SIZE[scale] * paper / IMAGENET_TRAIN
+    return max(group, group * round(exact / group))

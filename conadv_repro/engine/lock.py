@@ -126,25 +126,41 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def _stale_reason(info: dict[str, Any] | None, mtime: float, stale_after: float) -> str | None:
-    """Why the lock described by `info` (None: unreadable) may be taken over, or None if it is live."""
+def _stale_reason(info: dict[str, Any] | None, mtime: float, stale_after: float,
+                  job_gone: Any = None) -> str | None:
+    """Why the lock described by `info` (None: unreadable) may be taken over, or None if it is live.
+
+    `job_gone(job_id) -> bool` answers whether Slurm no longer knows a job (default: ask squeue)."""
+    job_gone = job_gone or _slurm_job_gone
     now = time.time()
     if info is None:
         age = now - mtime
         return f"unreadable lock file untouched for {age:.0f}s" if age > stale_after else None
+    same_host = info.get("host") == socket.gethostname()
+    job_id = info.get("slurm_job_id")
+    own_job = job_id and str(job_id) == os.environ.get("SLURM_JOB_ID")
+    pid = info.get("pid")
+    if pid is None and (job_id or info.get("local_job_pid")):
+        # A launcher's claim for a submitted job: live as long as the job is, however long it queues.
+        local = info.get("local_job_pid")
+        if isinstance(local, int) and same_host:
+            return None if _pid_alive(local) else f"local job (pid {local}) is gone"
+        if job_id and not own_job:
+            return f"Slurm job {job_id} is gone" if job_gone(str(job_id)) else None
+        return None
     heartbeat = _as_float(info.get("heartbeat"))
     if heartbeat is None:
         # A lock with no usable heartbeat falls back to the file's age, like an unreadable one.
         heartbeat = mtime
     if now - heartbeat > stale_after:
         return f"heartbeat {now - heartbeat:.0f}s old"
-    pid = info.get("pid")
-    if isinstance(pid, int) and info.get("host") == socket.gethostname():
-        if not _pid_alive(pid):
-            return f"pid {pid} on this host is gone"
-        return None
-    job_id = info.get("slurm_job_id")
-    if job_id and str(job_id) != os.environ.get("SLURM_JOB_ID") and _slurm_job_gone(str(job_id)):
+    if isinstance(pid, int) and same_host:
+        if _pid_alive(pid):
+            return None
+        if job_id and not own_job and not job_gone(str(job_id)):
+            return None  # its Slurm job is requeued: it will come back for the directory
+        return f"pid {pid} on this host is gone"
+    if job_id and not own_job and job_gone(str(job_id)):
         return f"Slurm job {job_id} is gone"
     return None
 
@@ -183,8 +199,11 @@ class RunLock:
         token: str | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         stale_after: float = STALE_AFTER_S,
+        claim_for: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # A launcher's claim (for the cluster named) holds the directory with no process of its own.
+        self.claim_for = claim_for
         self.path = _lock_path(self.run_dir)
         self.token = token or os.environ.get(TOKEN_ENV) or uuid.uuid4().hex
         self.heartbeat_interval = heartbeat_interval
@@ -198,6 +217,8 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def _payload(self) -> dict[str, Any]:
+        if self.claim_for is not None:
+            return _claim_payload(self.token, cluster=self.claim_for)
         return {
             "token": self.token,
             "pid": os.getpid(),
@@ -349,7 +370,9 @@ class RunLock:
         self._thread.start()
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lock file if it is still ours."""
+        """Stop the heartbeat and remove the lock file if it is still ours; when the job is being
+        requeued (`mark_requeued`), turn it back into a claim of the job instead, so that nobody
+        starts the run while the requeued job waits in the queue."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -357,8 +380,12 @@ class RunLock:
         if self.held:
             raw = _read_raw(self.path)
             if raw is not None and self._is_ours(_parse(raw[0])):
-                self.path.unlink(missing_ok=True)
-                fsync_directory(self.run_dir)
+                job_id = os.environ.get("SLURM_JOB_ID")
+                if _REQUEUED.is_set() and job_id:
+                    atomic_write_json(self.path, _claim_payload(self.token, slurm_job_id=job_id))
+                else:
+                    self.path.unlink(missing_ok=True)
+                    fsync_directory(self.run_dir)
         self.held = False
 
     def __enter__(self) -> RunLock:
@@ -379,7 +406,64 @@ class RunLock:
         self.release()
 
 
+_REQUEUED = threading.Event()
+
+
+def mark_requeued() -> None:
+    """Called from a job's checkpoint() on preemption or timeout: locks released from now on are
+    handed back to the job as claims (see `RunLock.release`)."""
+    _REQUEUED.set()
+
+
+def _claim_payload(token: str, *, slurm_job_id: str | None = None, local_job_pid: int | None = None,
+                   cluster: str = "") -> dict[str, Any]:
+    now = time.time()
+    return {"token": token, "pid": None, "host": socket.gethostname(), "cluster": cluster,
+            "slurm_job_id": slurm_job_id, "local_job_pid": local_job_pid, "created": now, "heartbeat": now}
+
+
+def claim(run_dir: Path, token: str, *, cluster: str) -> bool:
+    """Claim a run directory for a job about to be submitted: True if we got it (creating the
+    directory), False if a live process or job holds it. A claim without a job yet is judged by
+    its heartbeat; `attach_job` names the job once it is submitted."""
+    lock = RunLock(run_dir, token=token, claim_for=cluster)
+    try:
+        lock.acquire()
+    except LockHeldError:
+        return False
+    return True
+
+
+def attach_job(run_dir: Path, token: str, *, cluster: str, job_id: str) -> bool:
+    """Record the submitted job in our claim (False if the claim is no longer ours)."""
+    info = read_lock(run_dir)
+    if info is None or info.get("token") != token:
+        return False
+    if cluster == "slurm":
+        payload = _claim_payload(token, slurm_job_id=job_id, cluster=cluster)
+    elif cluster == "local" and job_id.isdigit():
+        payload = _claim_payload(token, local_job_pid=int(job_id), cluster=cluster)
+    else:
+        payload = _claim_payload(token, cluster=cluster)
+    payload["created"] = info.get("created", payload["created"])
+    atomic_write_json(_lock_path(run_dir), payload)
+    return True
+
+
+def release_claim(run_dir: Path, token: str | None = None) -> bool:
+    """Remove the claim (ours when `token` is given, any claim without a live process otherwise)."""
+    info = read_lock(run_dir)
+    if info is None or (token is not None and info.get("token") != token):
+        return False
+    _lock_path(run_dir).unlink(missing_ok=True)
+    return True
+
+
 __all__ = [
+    "attach_job",
+    "claim",
+    "mark_requeued",
+    "release_claim",
     "HEARTBEAT_INTERVAL_S",
     "LOCK_FILE",
     "STALE_AFTER_S",

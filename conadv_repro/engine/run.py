@@ -39,8 +39,10 @@ def describe_outcome(record: dict[str, Any]) -> str:
     return str(status)
 
 
-def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume, or skip) the run `cfg` in `run_dir`; returns its record."""
+def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None] = print,
+                 lock_token: str | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip) the run `cfg` in `run_dir`; returns its record. `lock_token` adopts a
+    launcher's claim on the directory (see engine/lock.py)."""
     rd = RunDirectory(Path(run_dir))
     rd.check_compatible(cfg)
     record = rd.read_record()
@@ -49,7 +51,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
         return record
     trainer = Trainer(cfg, log=log)
     rd.path.mkdir(parents=True, exist_ok=True)
-    with RunLock(rd.path):
+    with RunLock(rd.path, token=lock_token):
         record = rd.read_record()  # another process may have finished it while we were building
         if record and record.get("status") in FINAL_STATES:
             log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")

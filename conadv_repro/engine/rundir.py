@@ -21,10 +21,8 @@ import conadv_repro
 from conadv_repro.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from conadv_repro.config import SCHEMA_VERSION, Config, config_from_dict
 from conadv_repro.errors import UserError
+from conadv_repro.runfiles import CONFIG_FILE, LAUNCHER_FILES, METRICS_FILE, RECORD_FILE
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-RECORD_FILE = "record.json"
 RECORD_SCHEMA = 1
 STATUSES = ("running", "finished", "failed", "diverged")
 
@@ -59,10 +57,11 @@ class RunDirectory:
         """A run directory holds one run: a different config (another run id) is a user error."""
         stored = self.stored_config()
         if stored is None:
-            if self.path.exists() and any(self.path.iterdir()):
-                leftovers = sorted(p.name for p in self.path.iterdir())[:3]
+            leftovers = sorted(p.name for p in self.path.iterdir() if not _launcher_file(p.name)) \
+                if self.path.exists() else []
+            if leftovers:
                 raise UserError(f"run directory {self.path} is not empty and holds no {CONFIG_FILE} "
-                                f"(found {', '.join(leftovers)}); pick an empty or new --run-dir")
+                                f"(found {', '.join(leftovers[:3])}); pick an empty or new --run-dir")
             return
         if stored.run_id() != cfg.run_id():
             ours, theirs = cfg.flat(), stored.flat()
@@ -96,6 +95,10 @@ class RunDirectory:
         kept = [row for row in rows if row.get("step", 0) <= steps_done]
         if len(kept) != len(rows) or self.metrics_path.exists():
             atomic_write_jsonl(self.metrics_path, kept)
+
+
+def _launcher_file(name: str) -> bool:
+    return name in LAUNCHER_FILES or name.startswith((".lock.json.", "lock.stale.", f".{LAUNCHER_FILES[1]}."))
 
 
 def _git_commit() -> str:

@@ -1,0 +1,1 @@
+"""The launcher: the paper's grids (experiments/) expanded into runs and submitted through submitit."""

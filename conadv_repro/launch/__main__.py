@@ -1,0 +1,5 @@
+import sys
+
+from conadv_repro.launch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""`python -m conadv_repro.launch`: train the paper's grids, on a Slurm cluster or on this machine.
+
+    python -m conadv_repro.launch --list                       the experiments and their run counts
+    python -m conadv_repro.launch table1 --dry-run             every run, its state, what would be submitted
+    python -m conadv_repro.launch table1                       train what is not finished (resume, start)
+    python -m conadv_repro.launch status table1                progress, logs, job ids
+    python -m conadv_repro.launch cancel table1                cancel queued and running jobs, release claims
+
+The paper scale is one flag away: `--scale paper --data-root /data/imagenet --profile NAME`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from conadv_repro.config import format_batch
+from conadv_repro.errors import UserError, cli_entry
+from conadv_repro.launch.plan import PlannedRun, apply_filters, check_scale, expand, parse_sets
+from conadv_repro.launch.states import RunState, SlurmJobs, run_state, summary_line
+from conadv_repro.presets import LAUNCH_SCALES, SCALE_DESCRIPTIONS
+from conadv_repro.registry import experiment_names, load_experiments
+
+COMMANDS = ("status", "cancel")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conadv_repro.launch", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="scales:\n" + "\n".join(f"  {s:8s} {d}" for s, d in SCALE_DESCRIPTIONS.items()))
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                        help="table1, table2, table4, table5, figure2, or all (after an optional command: "
+                             "status or cancel)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
+    parser.add_argument("--dry-run", action="store_true", help="show the plan and submit nothing")
+    parser.add_argument("--cluster", default=None,
+                        help="slurm, local or debug (default: slurm where a Slurm controller answers, else local)")
+    parser.add_argument("--profile", default=None, help="slurm/profiles/NAME.toml (partition, GPUs, time...)")
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                        help="keep runs whose config field or label (experiment, row, column) is one of the values")
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                        help="a variation: set a config key on the runs whose method uses it (new run ids)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories live (default: runs)")
+    parser.add_argument("--data-root", default="", help="dataset folder (ImageNet at the paper scale)")
+    parser.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose record says failed")
+    parser.add_argument("--runs-per-job", type=int, default=0,
+                        help="runs trained one after another in one job (default: grouped for smoke grids, 1 otherwise)")
+    parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                        help="wait for the jobs and print the results (default: yes for local/debug, no for slurm)")
+    return parser
+
+
+def plan(args: argparse.Namespace) -> list[PlannedRun]:
+    check_scale(args.scale)
+    if not args.experiments:
+        raise UserError(f"name an experiment; allowed: {', '.join(experiment_names())}, all")
+    experiments = load_experiments(args.experiments)
+    runs = expand(experiments, scale=args.scale, runs_dir=args.runs_dir, sets=parse_sets(args.sets),
+                  data_root=args.data_root)
+    return apply_filters(runs, args.only)
+
+
+def describe(run: PlannedRun, state: RunState) -> str:
+    labels = run.labels()
+    aa = "AA" if labels["autoaugment"] else "--"
+    eps = f"eps={labels['epsilon']:g}" if labels["epsilon"] is not None else "     "
+    seed = f" seed={labels['seed']}" if labels["seed"] else ""
+    top1 = ""
+    if state.record and state.record.get("final"):
+        top1 = f" top1={state.record['final'].get('test_top1', float('nan')):.2f}"
+    return (f"{state.state:10s} {labels['method']:8s} {aa} {labels['paper_batch']:>5s} "
+            f"(batch {format_batch(labels['batch_size']):>5s}) {eps:7s}{seed} {run.run_id}{top1}")
+
+
+def print_runs(runs: list[PlannedRun], states: list[RunState]) -> None:
+    for run, state in zip(runs, states, strict=True):
+        print(describe(run, state))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("experiments (runs per scale):")
+    for experiment in load_experiments(["all"]):
+        counts = []
+        for scale in LAUNCH_SCALES:
+            root = args.data_root or "DATA"
+            counts.append(f"{scale} {len(expand([experiment], scale=scale, runs_dir=args.runs_dir, sets={}, data_root=root))}")
+        print(f"  {experiment.name:8s} {experiment.description}  [{', '.join(counts)}]")
+    total = []
+    for scale in LAUNCH_SCALES:
+        total.append(f"{scale} {len(expand(load_experiments(['all']), scale=scale, runs_dir=args.runs_dir, sets={}, data_root='DATA'))}")
+    print(f"  {'all':8s} every experiment, shared runs once  [{', '.join(total)}]")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    runs = plan(args)
+    jobs = SlurmJobs()
+    states = [run_state(run.run_dir, jobs) for run in runs]
+    todo_states = ("missing", "unfinished", *(("failed",) if args.retry_failed else ()))
+    todo = [run for run, state in zip(runs, states, strict=True) if state.state in todo_states]
+    if args.dry_run:
+        print_runs(runs, states)
+        # A guess from PATH alone: asking the controller (sinfo) can take seconds, and a plan must be quick.
+        cluster = args.cluster or ("slurm" if shutil.which("sbatch") else "local")
+        groups = group_runs(todo, cluster, args)
+        print(f"a launch would submit {len(todo)} run{'s' if len(todo) != 1 else ''} in {len(groups)} "
+              f"job{'s' if len(groups) != 1 else ''} to {cluster} (scale {args.scale}, runs in {args.runs_dir})")
+        print(summary_line([s.state for s in states]))
+        return 0
+    from conadv_repro.launch import submit
+    from conadv_repro.launch.profiles import load_profile
+
+    cluster = submit.choose_cluster(args.cluster)
+    profile = load_profile(args.profile)
+    if not todo:
+        print_runs(runs, states)
+        print("nothing to submit: every run is finished, failed, diverged, queued or running")
+        print(summary_line([s.state for s in states]))
+        return 0
+    submitted = submit_runs(todo, cluster, profile, args)
+    wait = args.wait if args.wait is not None else cluster != "slurm"
+    if wait:
+        failures = wait_for(submitted)
+        states = [run_state(run.run_dir, SlurmJobs()) for run in runs]
+        print_runs(runs, states)
+        print(summary_line([s.state for s in states]))
+        return 1 if failures else 0
+    ids = sorted({job.job_id for job, _ in submitted})
+    print(f"submitted {len(todo)} runs in {len(ids)} jobs to {cluster}: {', '.join(ids)}")
+    print(f"follow them with: python -m conadv_repro.launch status {' '.join(args.experiments)} "
+          f"--scale {args.scale}")
+    return 0
+
+
+def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -> list[list[PlannedRun]]:
+    if not runs:
+        return []
+    if cluster == "debug":
+        return [runs]
+    per_job = args.runs_per_job
+    if per_job <= 0:
+        if cluster == "local":
+            jobs = min(len(runs), os.cpu_count() or 1) if args.scale in ("smoke", "proxy") else 1
+            per_job = -(-len(runs) // jobs)
+        else:
+            per_job = 8 if args.scale == "smoke" else 1
+    return [runs[i:i + per_job] for i in range(0, len(runs), per_job)]
+
+
+def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argparse.Namespace) -> list[tuple[Any, list[PlannedRun]]]:
+    from conadv_repro.engine.lock import attach_job, claim, release_claim
+    from conadv_repro.launch import submit
+
+    claimed: list[tuple[PlannedRun, str]] = []
+    for run in todo:
+        token = uuid.uuid4().hex
+        if claim(run.run_dir, token, cluster=cluster):
+            claimed.append((run, token))
+        else:
+            print(f"skipping {run.run_id}: another launch or process holds it")
+    tokens = {id(run): token for run, token in claimed}
+    groups = group_runs([run for run, _ in claimed], cluster, args)
+    folder = args.runs_dir / args.scale / "_jobs"
+    executor = submit.make_executor(cluster, folder, profile)
+    threads = submit.default_threads(cluster, len(groups))
+    jobs_made = []
+    try:
+        payloads = [submit.RunJob([submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)])
+                                   for run in group], threads) for group in groups]
+        if cluster == "debug":
+            jobs = [executor.submit(payload) for payload in payloads]
+        else:
+            with executor.batch():
+                delayed = [executor.submit(payload) for payload in payloads]
+            jobs = delayed
+        for job, group in zip(jobs, groups, strict=True):
+            jobs_made.append((job, group))
+            for run in group:
+                attach_job(run.run_dir, tokens[id(run)], cluster=cluster, job_id=str(job.job_id))
+                submit.record_submission(run.run_dir, {"cluster": cluster, "job_id": str(job.job_id),
+                                                       "log_dir": str(folder / str(job.job_id))})
+    except Exception:
+        for run, token in claimed:
+            release_claim(run.run_dir, token)
+        raise
+    print(f"submitted {len(claimed)} runs in {len(jobs_made)} jobs to {cluster}")
+    return jobs_made
+
+
+def wait_for(submitted: list[tuple[Any, list[PlannedRun]]]) -> int:
+    failures = 0
+    for job, _group in submitted:
+        try:
+            job.result()
+        except Exception as error:  # reported per run below, from the records
+            failures += 1
+            message = str(error).strip().splitlines()
+            print(f"job {job.job_id} failed: {message[-1] if message else type(error).__name__}")
+    return failures
+
+
+def log_file(state: RunState) -> Path | None:
+    submissions = (state.launch or {}).get("submissions") or []
+    if not submissions:
+        return None
+    last = submissions[-1]
+    folder = Path(last.get("log_dir", ""))
+    candidates = sorted(folder.glob("*_log.out")) if folder.is_dir() else []
+    return candidates[-1] if candidates else folder
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    runs = plan(args)
+    jobs = SlurmJobs()
+    states = [run_state(run.run_dir, jobs) for run in runs]
+    for run, state in zip(runs, states, strict=True):
+        line = describe(run, state)
+        lock = state.lock or {}
+        job = lock.get("slurm_job_id") or lock.get("local_job_pid")
+        if job:
+            line += f" job {job}"
+        print(line)
+        if state.state in ("failed", "running", "queued", "unfinished"):
+            log = log_file(state)
+            if log is not None:
+                print(f"           log: {log}")
+        if state.state == "failed":
+            tail = (state.record or {}).get("traceback") or (state.record or {}).get("error") or ""
+            for text in [t for t in str(tail).strip().splitlines() if t.strip()][-3:]:
+                print(f"           | {text}")
+    print(summary_line([s.state for s in states]))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from conadv_repro.engine.lock import release_claim
+
+    runs = plan(args)
+    jobs = SlurmJobs()
+    states = [run_state(run.run_dir, jobs) for run in runs]
+    slurm_ids, pids = set(), set()
+    cancelled = []
+    for run, state in zip(runs, states, strict=True):
+        if state.state not in ("queued", "running") or state.lock is None:
+            continue
+        lock = state.lock
+        if lock.get("slurm_job_id"):
+            slurm_ids.add(str(lock["slurm_job_id"]))
+        elif lock.get("local_job_pid"):
+            pids.add(int(lock["local_job_pid"]))
+        elif lock.get("pid"):
+            pids.add(int(lock["pid"]))
+        cancelled.append(run)
+    if slurm_ids:
+        subprocess.run(["scancel", *sorted(slurm_ids)], check=False)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for run in cancelled:
+        release_claim(run.run_dir)
+    what = ", ".join(sorted(slurm_ids) + [f"pid {p}" for p in sorted(pids)]) or "nothing"
+    print(f"cancelled {len(cancelled)} runs ({what}); their claims are released")
+    return 0
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "launch"
+    args = build_parser().parse_args(argv)
+    if args.runs_per_job < 0:
+        raise UserError(f"--runs-per-job {args.runs_per_job} must be >= 0")
+    if args.list:
+        return cmd_list(args)
+    return {"launch": cmd_launch, "status": cmd_status, "cancel": cmd_cancel}[command](args)

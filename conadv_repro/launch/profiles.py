@@ -1,0 +1,74 @@
+"""Cluster profiles: `slurm/profiles/NAME.toml` at the repository root, one per cluster.
+
+    partition = "gpu"          # Slurm partition
+    gpus_per_node = 8          # GPUs per node (one task per GPU)
+    cpus_per_task = 10
+    mem_gb = 64                # memory per task
+    time_min = 1440            # time limit of a job, minutes
+    account = ""               # optional
+    qos = ""                   # optional
+    constraint = ""            # optional, e.g. "a100"
+    array_parallelism = 64     # at most this many array tasks at once
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from conadv_repro.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "default"
+    partition: str = ""
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 8
+    time_min: int = 1440
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    array_parallelism: int = 64
+
+
+def profiles_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "slurm" / "profiles"
+
+
+def available_profiles() -> list[str]:
+    folder = profiles_dir()
+    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def load_profile(name: str | None) -> Profile:
+    if name is None:
+        return Profile()
+    path = profiles_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown profile {name!r}; allowed: {', '.join(available_profiles()) or 'none'} "
+                        f"(files in slurm/profiles/)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"profile {path} is not valid TOML ({error})") from None
+    known = {f.name: f for f in fields(Profile) if f.name != "name"}
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise UserError(f"profile {path}: unknown field {key!r}; allowed: {', '.join(known)}")
+        kind = known[key].type
+        ok = isinstance(value, str) if kind == "str" else (isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise UserError(f"profile {path}: {key}={value!r} is not {'a string' if kind == 'str' else 'an integer'}")
+        if kind == "int" and value < 0:  # type: ignore[operator]
+            raise UserError(f"profile {path}: {key}={value!r} must be >= 0")
+        values[key] = value
+    return Profile(name=name, **values)  # type: ignore[arg-type]

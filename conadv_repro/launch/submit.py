@@ -1,0 +1,139 @@
+"""Submitting runs through submitit: Slurm job arrays, the local executor, or in-process (debug).
+
+A job trains one or more runs one after the other in one process (a smoke grid would otherwise pay a
+torch import per run). Jobs receive plain data (each run's config as a dict, its directory and its
+claim's token), never functions from experiment modules, so they pickle cleanly.
+
+On preemption or time limit submitit calls `RunJob.checkpoint`, which hands each run directory's lock
+back to the job as a claim (so nobody starts the run while the job waits in the queue) and returns the
+same job for resubmission: each run then resumes from its newest checkpoint (engine/checkpoint.py names
+them) and ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conadv_repro.atomic import atomic_write_json, read_json
+from conadv_repro.errors import UserError
+from conadv_repro.launch.profiles import Profile
+from conadv_repro.runfiles import LAUNCH_FILE
+
+CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    config: dict[str, Any]
+    run_dir: str
+    token: str
+
+
+class RunJob:
+    """The callable a submitit job runs: train its runs in order; raise if any of them failed."""
+
+    def __init__(self, specs: list[RunSpec], threads: int = 0):
+        self.specs = specs
+        self.threads = threads
+
+    def __call__(self) -> list[dict[str, Any]]:
+        import torch
+
+        from conadv_repro.config import config_from_dict
+        from conadv_repro.engine.run import run_training
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        results, failures = [], []
+        for spec in self.specs:
+            cfg = config_from_dict(spec.config)
+            try:
+                record = run_training(cfg, spec.run_dir, lock_token=spec.token)
+                results.append({"run_dir": spec.run_dir, "status": record.get("status"),
+                                "final": record.get("final")})
+            except Exception as error:  # the next runs of the job still train
+                print(f"run {spec.run_dir} failed: {type(error).__name__}: {error}", flush=True)
+                failures.append(spec.run_dir)
+                results.append({"run_dir": spec.run_dir, "status": "failed", "error": str(error)})
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: {', '.join(failures)}")
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        from conadv_repro.engine.lock import mark_requeued
+
+        mark_requeued()
+        return submitit.helpers.DelayedSubmission(RunJob(self.specs, self.threads))
+
+
+def slurm_answers() -> bool:
+    """Whether a Slurm controller answers here (sbatch on PATH and `sinfo` succeeding)."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "--noheader"], capture_output=True, timeout=15, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
+def choose_cluster(requested: str | None) -> str:
+    if requested is None:
+        return "slurm" if slurm_answers() else "local"
+    if requested not in CLUSTERS:
+        raise UserError(f"--cluster {requested!r} is not allowed; allowed: {', '.join(CLUSTERS)}")
+    if requested == "slurm" and not slurm_answers():
+        raise UserError("--cluster slurm but no Slurm controller answers here (sbatch/sinfo); "
+                        "use --cluster local, or start one (make slurm-up, as root on Debian)")
+    return requested
+
+
+def make_executor(cluster: str, folder: Path, profile: Profile, *, local_timeout_min: int = 60 * 24 * 7) -> Any:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=30)
+    if cluster == "slurm":
+        params: dict[str, Any] = {
+            "timeout_min": profile.time_min, "tasks_per_node": 1, "nodes": 1,
+            "cpus_per_task": profile.cpus_per_task, "mem_gb": profile.mem_gb,
+            "slurm_signal_delay_s": 120, "slurm_array_parallelism": profile.array_parallelism,
+            "name": "conadv",
+        }
+        if profile.partition:
+            params["slurm_partition"] = profile.partition
+        if profile.gpus_per_node:
+            params["gpus_per_node"] = profile.gpus_per_node
+        extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
+                                   ("constraint", profile.constraint)) if v}
+        for key, value in extra.items():
+            params[f"slurm_{key}"] = value
+        executor.update_parameters(**params)
+    elif cluster == "local":
+        executor.update_parameters(timeout_min=local_timeout_min, name="conadv")
+    return executor
+
+
+def record_submission(run_dir: Path, entry: dict[str, Any]) -> None:
+    """Append a submission to the run's launch.json (atomically): cluster, job id, log folder, time."""
+    path = run_dir / LAUNCH_FILE
+    try:
+        history = read_json(path).get("submissions", [])
+    except (OSError, ValueError, AttributeError):
+        history = []
+    history.append({**entry, "time": time.time()})
+    atomic_write_json(path, {"submissions": history})
+
+
+def default_threads(cluster: str, jobs: int) -> int:
+    """torch threads per job: the local cores shared among the jobs running at once."""
+    if cluster != "local":
+        return 0
+    return max(1, (os.cpu_count() or 1) // max(jobs, 1))

@@ -1,0 +1,96 @@
+"""The paper's experiments as data: each table or figure is a grid of cells declared once in
+`experiments/` at the repository root, with the paper's number for each cell.
+
+A cell names the paper's row and column, the paper batch size it stands for, the config overrides
+that make it (method, AutoAugment, epsilon, ...), and the paper's values. Expanding a grid at a
+scale gives plain run configs (`conadv_repro.launch.plan`); a run shared by several experiments has
+one config and one id and is trained once.
+
+This module imports no torch, so planning, status and the analysis stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conadv_repro.errors import UserError
+
+EXPERIMENTS_ENV = "CONADV_EXPERIMENTS"
+ORDER = ("table1", "table2", "table4", "table5", "figure2")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a paper table or one point of a figure."""
+
+    row: str
+    column: str
+    paper_batch: str
+    overrides: Mapping[str, Any]
+    paper: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    description: str
+    cells: tuple[Cell, ...]
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    metrics: tuple[str, ...] = ("test_top1",)
+    kind: str = "table"
+    notes: tuple[str, ...] = ()
+
+
+def experiments_dir() -> Path:
+    """`experiments/` at the root of the clone (the suite is used from a clone with an editable install);
+    CONADV_EXPERIMENTS overrides it."""
+    override = os.environ.get(EXPERIMENTS_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _import(name: str) -> Experiment:
+    folder = experiments_dir()
+    root = str(folder.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(f"{folder.name}.{name}")
+    experiment = getattr(module, "EXPERIMENT", None)
+    if not isinstance(experiment, Experiment):
+        raise UserError(f"{folder / (name + '.py')} defines no EXPERIMENT")
+    return experiment
+
+
+def experiment_names() -> list[str]:
+    folder = experiments_dir()
+    if not folder.is_dir():
+        raise UserError(f"no experiments folder at {folder}; run from a clone of the repository "
+                        f"(or set {EXPERIMENTS_ENV})")
+    found = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+    return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
+
+
+def load_experiment(name: str) -> Experiment:
+    names = experiment_names()
+    if name not in names:
+        raise UserError(f"unknown experiment {name!r}; allowed: {', '.join(names)}, all")
+    return _import(name)
+
+
+def load_experiments(names: list[str]) -> list[Experiment]:
+    """The experiments named (`all` = every one), in the paper's order, each once."""
+    wanted: list[str] = []
+    for name in names:
+        for n in (experiment_names() if name == "all" else [name]):
+            if n not in wanted:
+                wanted.append(n)
+    return [load_experiment(n) for n in wanted]

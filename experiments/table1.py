@@ -1,0 +1,33 @@
+"""Table 1: top-1 accuracy of ResNet-50 on ImageNet, batch sizes 1k to 96k.
+
+Vanilla training, AutoAugment, DisAdv and ConAdv. The paper's claim: all methods are stable up to 32k;
+beyond it vanilla drops (75.3 at 64k, 74.3 at 96k), AutoAugment stops helping at 96k, while DisAdv and
+ConAdv keep a 0.7-1.0 point gain (75.3 at 96k), ConAdv matching DisAdv.
+
+    python -m conadv_repro.launch table1                 # smoke scale on this machine
+    python -m conadv_repro.launch table1 --scale paper --data-root /data/imagenet --cluster slurm --profile NAME
+"""
+
+from conadv_repro.registry import Cell, Experiment
+from experiments.common import BATCHES, method_overrides
+
+ROWS = {
+    "ResNet-50": ("vanilla", False, (76.9, 76.9, 76.6, 76.6, 76.6, 75.3, 74.3)),
+    "ResNet-50+AA": ("vanilla", True, (77.5, 77.5, 77.4, 77.1, 76.9, 75.6, 74.3)),
+    "ResNet-50+DisAdv": ("disadv", False, (77.4, 77.4, 77.4, 77.4, 77.3, 76.2, 75.3)),
+    "ResNet-50+ConAdv": ("conadv", False, (77.4, 77.4, 77.4, 77.4, 77.3, 76.2, 75.3)),
+}
+
+EXPERIMENT = Experiment(
+    name="table1",
+    title="Table 1: Top-1 accuracy for ResNet-50 on ImageNet",
+    description="vanilla, AutoAugment, DisAdv, ConAdv x 1k-96k",
+    rows=tuple(ROWS),
+    columns=BATCHES,
+    cells=tuple(
+        Cell(row=row, column=batch, paper_batch=batch, overrides=method_overrides(method, aa, batch),
+             paper={"test_top1": values[i]})
+        for row, (method, aa, values) in ROWS.items()
+        for i, batch in enumerate(BATCHES)
+    ),
+)
