@@ -213,6 +213,7 @@ class RunLock:
         # judged us stale and took over; the training loop should stop writing into the directory.
         self.lost = False
         self._created = 0.0
+        self._job: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -220,6 +221,7 @@ class RunLock:
         if self.claim_for is not None:
             return _claim_payload(self.token, cluster=self.claim_for)
         return {
+            **self._job,
             "token": self.token,
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -289,6 +291,8 @@ class RunLock:
             data, mtime = raw
             info = _parse(data)
             if info is not None and info.get("token") == self.token:
+                # Adopting the launcher's claim: keep which job runs us, for status and cancel.
+                self._job = {k: info[k] for k in ("cluster", "local_job_pid") if info.get(k) is not None}
                 atomic_write_json(self.path, self._payload())
                 self._mark_held()
                 return

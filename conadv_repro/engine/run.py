@@ -26,6 +26,10 @@ from conadv_repro.engine.trainer import Diverged, Trainer, Window, checkpoint_du
 FINAL_STATES = ("finished", "diverged")
 
 
+class LockLost(RuntimeError):
+    """Someone else holds the run directory now: write nothing more to it."""
+
+
 def describe_outcome(record: dict[str, Any]) -> str:
     status = record.get("status")
     final = record.get("final") or {}
@@ -49,21 +53,31 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
     if record and record.get("status") in FINAL_STATES:
         log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
         return record
-    trainer = Trainer(cfg, log=log)
+    try:
+        trainer = Trainer(cfg, log=log)
+    except Exception as error:
+        # A launched run's directory exists already (its claim made it): record why it could not start,
+        # so that status shows it as failed. A run started by hand on bad input stays unwritten.
+        if lock_token is not None and rd.path.is_dir():
+            rd.write_record({"run_id": cfg.run_id(), "status": "failed", "config": cfg.flat(),
+                             "attempts": int((record or {}).get("attempts", 0)) + 1, "steps_done": 0,
+                             "error": f"{type(error).__name__}: {error}",
+                             "traceback": traceback.format_exc()[-4000:]})
+        raise
     rd.path.mkdir(parents=True, exist_ok=True)
-    with RunLock(rd.path, token=lock_token):
+    with RunLock(rd.path, token=lock_token) as lock:
         record = rd.read_record()  # another process may have finished it while we were building
         if record and record.get("status") in FINAL_STATES:
             log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
             return record
         try:
-            return _train_locked(trainer, rd, record or {}, log)
+            return _train_locked(trainer, rd, record or {}, log, lock)
         finally:
             trainer.close()
 
 
 def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
-                  log: Callable[[str], None]) -> dict[str, Any]:
+                  log: Callable[[str], None], lock: RunLock) -> dict[str, Any]:
     cfg, derived = trainer.cfg, trainer.derived
     if not rd.config_path.exists():
         rd.write_config(cfg, derived.as_dict())
@@ -97,6 +111,9 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
     spe, total = derived.steps_per_epoch, derived.total_steps
     try:
         for step in range(start, total):
+            if lock.lost:
+                raise LockLost(f"run directory {rd.path} was taken over by another process (or its claim "
+                               "was cancelled); stopping without writing to it")
             out = trainer.train_step(step, trainer.step_batches(step))
             trainer.step = steps_done = step + 1
             for window in (log_window, trainer.epoch_window):
@@ -145,6 +162,8 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
         log(f"[{name}] {describe_outcome(record)}")
         log(f"[{name}] run directory: {rd.path}")
         return record
+    except LockLost:
+        raise
     except Diverged as error:
         append_jsonl(rd.metrics_path, {"kind": "diverged", "step": trainer.step + 1, "error": str(error)})
         record.update(status="diverged", error=str(error), steps_done=trainer.step, wall_time_s=elapsed())

@@ -15,6 +15,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -179,9 +180,8 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
         if cluster == "debug":
             jobs = [executor.submit(payload) for payload in payloads]
         else:
-            with executor.batch():
-                delayed = [executor.submit(payload) for payload in payloads]
-            jobs = delayed
+            with submit.detached_from_terminal(cluster == "local"), executor.batch():
+                jobs = [executor.submit(payload) for payload in payloads]
         for job, group in zip(jobs, groups, strict=True):
             jobs_made.append((job, group))
             for run in group:
@@ -255,16 +255,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         lock = state.lock
         if lock.get("slurm_job_id"):
             slurm_ids.add(str(lock["slurm_job_id"]))
-        elif lock.get("local_job_pid"):
-            pids.add(int(lock["local_job_pid"]))
-        elif lock.get("pid"):
-            pids.add(int(lock["pid"]))
+        # A local job: its controller and the training process. SIGKILL, because submitit's jobs ignore
+        # SIGTERM (Slurm sends it before a preemption); the run resumes from its last checkpoint.
+        for key in ("local_job_pid", "pid"):
+            if isinstance(lock.get(key), int) and lock.get("host") == socket.gethostname():
+                pids.add(int(lock[key]))
         cancelled.append(run)
     if slurm_ids:
         subprocess.run(["scancel", *sorted(slurm_ids)], check=False)
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     for run in cancelled:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,8 +40,13 @@ class Profile:
     array_parallelism: int = 64
 
 
+PROFILES_ENV = "CONADV_PROFILES"
+
+
 def profiles_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "slurm" / "profiles"
+    """`slurm/profiles/` at the root of the clone; CONADV_PROFILES overrides it."""
+    override = os.environ.get(PROFILES_ENV)
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "slurm" / "profiles"
 
 
 def available_profiles() -> list[str]:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +133,29 @@ def record_submission(run_dir: Path, entry: dict[str, Any]) -> None:
         history = []
     history.append({**entry, "time": time.time()})
     atomic_write_json(path, {"submissions": history})
+
+
+@contextmanager
+def detached_from_terminal(enabled: bool = True) -> Iterator[None]:
+    """Start local jobs with /dev/null as stdout and stderr: submitit's local job controller would
+    otherwise inherit ours and keep a pipe reading the launcher's output open until the job ends (its
+    own output goes to its log files)."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def default_threads(cluster: str, jobs: int) -> int:

@@ -1,0 +1,203 @@
+"""The launcher on this machine (local and debug executors): states, claims, resume, retry, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conadv_repro.engine.run import run_training
+from conadv_repro.engine.trainer import Trainer
+from conadv_repro.launch import cli
+from conadv_repro.launch.plan import apply_filters, expand
+from conadv_repro.registry import load_experiments
+from tests.helpers import run_cli
+
+LAUNCH = ["-m", "conadv_repro.launch"]
+
+
+def plan(runs_dir: Path, *only: str, names=("table1",)):
+    return apply_filters(expand(load_experiments(list(names)), scale="smoke", runs_dir=runs_dir, sets={}), only)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def test_list_names_every_experiment_with_its_run_counts(tmp_path, cli_env):
+    out = run_cli([*LAUNCH, "--list"], cli_env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    for name in ("table1", "table2", "table4", "table5", "figure2", "all"):
+        assert f"  {name}" in out.stdout
+    assert "smoke 28" in out.stdout and "paper 105" in out.stdout
+
+
+def test_dry_run_shows_each_state_and_a_summary_last(tmp_path, cli_env):
+    runs = tmp_path / "runs"
+    grid = plan(runs)
+    me = {"host": socket.gethostname(), "heartbeat": time.time(), "token": "t"}
+    write_json(grid[0].run_dir / "record.json", {"status": "finished", "final": {"test_top1": 50.0}})
+    write_json(grid[1].run_dir / "record.json", {"status": "failed", "error": "boom"})
+    write_json(grid[2].run_dir / "record.json", {"status": "diverged"})
+    write_json(grid[3].run_dir / "lock.json", {**me, "pid": os.getpid()})
+    write_json(grid[4].run_dir / "lock.json", {**me, "pid": None, "local_job_pid": os.getpid()})
+    grid[5].run_dir.mkdir(parents=True)
+    write_json(grid[6].run_dir / "lock.json", {**me, "pid": 2 ** 22 + 7})  # a dead process: stale
+    out = run_cli([*LAUNCH, "table1", "--dry-run", "--runs-dir", str(runs), "--cluster", "local"], cli_env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "28 runs: 1 finished, 1 failed, 1 diverged, 1 running, 1 queued, 2 unfinished, 21 missing"
+    assert "a launch would submit 23 runs in 2 jobs to local" in out.stdout
+    assert lines[0].startswith("finished") and "top1=50.00" in lines[0] and grid[0].run_id in lines[0]
+    assert "conadv" in out.stdout and "eps=8" in out.stdout and "AA" in out.stdout
+    retry = run_cli([*LAUNCH, "table1", "--dry-run", "--retry-failed", "--runs-dir", str(runs), "--cluster", "local"],
+                    cli_env, tmp_path)
+    assert "would submit 24 runs" in retry.stdout
+
+
+def test_a_local_launch_trains_what_is_missing_and_then_nothing(tmp_path, cli_env):
+    runs = tmp_path / "runs"
+    args = [*LAUNCH, "table1", "--only", "paper_batch=32k", "--runs-dir", str(runs), "--cluster", "local"]
+    first = run_cli(args, cli_env, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.strip().splitlines()[-1] == "4 runs: 4 finished"
+    assert first.stdout.count("top1=") == 4
+    for run in plan(runs, "paper_batch=32k"):
+        record = json.loads((run.run_dir / "record.json").read_text())
+        assert record["status"] == "finished" and record["attempts"] == 1
+        launch = json.loads((run.run_dir / "launch.json").read_text())
+        assert launch["submissions"][0]["cluster"] == "local"
+        assert not (run.run_dir / "lock.json").exists()
+    second = run_cli(args, cli_env, tmp_path)
+    assert "nothing to submit" in second.stdout and second.stdout.strip().endswith("4 runs: 4 finished")
+
+
+def test_unfinished_runs_resume_and_failed_ones_wait_for_retry(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    stopped, failed = plan(runs, "method=vanilla", "paper_batch=64k,96k", "autoaugment=false")
+    original = Trainer.train_step
+
+    def stop_at_20(self, step, micro_batches):
+        if step == 20:
+            raise KeyboardInterrupt  # like Ctrl-C: the run stays resumable
+        return original(self, step, micro_batches)
+
+    def crash_at_5(self, step, micro_batches):
+        if step == 5:
+            raise RuntimeError("simulated crash")
+        return original(self, step, micro_batches)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_20)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(stopped.config, stopped.run_dir, log=quiet)
+    monkeypatch.setattr(Trainer, "train_step", crash_at_5)
+    with pytest.raises(RuntimeError):
+        run_training(failed.config, failed.run_dir, log=quiet)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.setattr("pdb.post_mortem", lambda *a, **k: None)
+
+    base = ["table1", "--only", "method=vanilla", "--only", "paper_batch=64k,96k", "--only", "autoaugment=false",
+            "--runs-dir", str(runs), "--cluster", "debug"]
+    assert cli.main(base) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "2 runs: 1 finished, 1 failed"
+    resumed = json.loads((stopped.run_dir / "record.json").read_text())
+    assert resumed["status"] == "finished" and resumed["attempts"] == 2
+    assert cli.main([*base, "--retry-failed"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "2 runs: 2 finished"
+    assert json.loads((failed.run_dir / "record.json").read_text())["attempts"] == 2
+
+
+def test_two_launches_at_once_split_the_work(tmp_path, cli_env):
+    runs = tmp_path / "runs"
+    args = [sys.executable, *LAUNCH, "table1", "--only", "paper_batch=64k,96k", "--runs-dir", str(runs),
+            "--cluster", "local"]
+    procs = [subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    grid = plan(runs, "paper_batch=64k,96k")
+    assert len(grid) == 8
+    for run in grid:
+        record = json.loads((run.run_dir / "record.json").read_text())
+        assert record["status"] == "finished" and record["attempts"] == 1, run.run_dir
+        assert len(json.loads((run.run_dir / "launch.json").read_text())["submissions"]) == 1
+    submitted = [int(line.split()[1]) for out, _ in outs for line in out.splitlines() if line.startswith("submitted")]
+    assert sum(submitted) == 8
+
+
+def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env):
+    runs = tmp_path / "runs"
+    args = ["table1", "--only", "method=vanilla", "--only", "paper_batch=32k", "--only", "autoaugment=false",
+            "--set", "steps=100000", "--runs-dir", str(runs), "--cluster", "local"]
+    out = run_cli([*LAUNCH, *args, "--no-wait"], cli_env, tmp_path)
+    assert out.returncode == 0 and "submitted 1 runs in 1 jobs to local" in out.stdout, out.stdout + out.stderr
+    deadline = time.time() + 120
+    status = ""
+    while time.time() < deadline:
+        status = run_cli([*LAUNCH, "status", *args], cli_env, tmp_path).stdout
+        if status.startswith("running"):
+            break
+        time.sleep(1)
+    assert status.startswith("running"), status
+    assert "log: " in status
+    run_dir = plan(runs, "method=vanilla", "paper_batch=32k", "autoaugment=false")[0].run_dir
+    lock = json.loads((run_dir.parent / next(p.name for p in run_dir.parent.iterdir()
+                                             if (p / "lock.json").exists()) / "lock.json").read_text())
+    cancelled = run_cli([*LAUNCH, "cancel", *args], cli_env, tmp_path)
+    assert "cancelled 1 runs" in cancelled.stdout
+    for pid in (lock["pid"], lock["local_job_pid"]):
+        assert wait_gone(pid), f"process {pid} still runs after cancel"
+    after = run_cli([*LAUNCH, "status", *args], cli_env, tmp_path).stdout
+    assert after.strip().splitlines()[-1] == "1 run: 1 unfinished"
+
+
+def wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["table9"], "unknown experiment 'table9'; allowed: table1, table2, table4, table5, figure2, all"),
+    (["table1", "--only", "colour=red"], "--only key 'colour' is unknown"),
+    (["table1", "--only", "method=sgd"], "--only method=sgd matches no run"),
+    (["table1", "--profile", "nosuch"], "unknown profile 'nosuch'; allowed: "),
+    (["table1", "--profile", "bad"], "unknown field 'gpus'"),
+    (["table1", "--scale", "paper"], "--scale paper needs the ImageNet folder: add --data-root DIR"),
+    (["table1", "--scale", "huge"], "--scale 'huge' is not allowed; allowed: smoke, proxy, cifar10, paper"),
+    (["table1", "--cluster", "slurm"], "--cluster slurm but no Slurm controller answers here"),
+    (["table1", "--cluster", "moon"], "--cluster 'moon' is not allowed"),
+    (["table1", "--set", "optim.nosuch=1"], "unknown config key 'optim.nosuch'"),
+])
+def test_bad_input_is_one_line_and_submits_nothing(tmp_path, cli_env, args, fragment):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "bad.toml").write_text('partition = "x"\ngpus = 2\n')
+    (profiles / "local.toml").write_text('partition = "debug"\n')
+    env = {**cli_env, "CONADV_PROFILES": str(profiles)}
+    if "slurm" in args:
+        env["PATH"] = str(tmp_path)  # no sbatch here
+    out = run_cli([*LAUNCH, *args, "--runs-dir", str(tmp_path / "runs")], env, tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()
