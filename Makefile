@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-RUN_DIR ?= runs/quickstart
 
 .PHONY: quickstart test lint bench venv clean-venv
 
@@ -15,11 +14,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Trains one short ConAdv run on the embedded dataset (scikit-learn's digits) on the CPU, its attack on
-# a worker thread beside the update: no cluster, no ImageNet, no W&B account. Running it again prints
-# the finished run's result.
+# Trains the paper's Table 1 grid (vanilla, AutoAugment, DisAdv, ConAdv x 1k-96k) at the smoke scale on
+# the embedded dataset (scikit-learn's digits), on this machine's CPU through submitit's local executor:
+# no cluster, no ImageNet, no W&B account. It prints every run with its test top-1; running it again
+# trains nothing and prints the same table.
 quickstart: $(STAMP)
-	$(PY) -m conadv_repro.train --run-dir $(RUN_DIR) method=conadv epochs=15 runtime.threads=1 runtime.device=cpu
+	$(PY) -m conadv_repro.launch table1 --scale smoke --cluster local
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -q
@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/launch_planning.py
 
 clean-venv:
 	rm -rf $(VENV)

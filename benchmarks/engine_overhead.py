@@ -15,7 +15,6 @@ All variants are timed in alternating rounds so that drift of the machine hits t
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,20 +26,10 @@ from conadv_repro.config import config_from_overrides
 from conadv_repro.data.loader import train_micro_batches
 from conadv_repro.engine.trainer import Trainer, build_optimizer
 from conadv_repro.errors import cli_entry
+from conadv_repro.machine import cpu_name
 from conadv_repro.model.registry import build_model
 
 LONG = "steps=1000000"  # the data stream must outlast every round
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine(device: torch.device) -> str:

@@ -133,15 +133,16 @@ class ConAdvConfig:
                        "the CPU), stream (a side CUDA stream), auto (stream on CUDA, thread on the CPU); "
                        "all give the same numbers", choices=("auto", "sequential", "thread", "stream"),
                        hashed=False)
-    attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run (0: none)", minimum=0,
-                             hashed=False)
+    attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run (0: none; multi-process "
+                             "training is not in this release)", minimum=0, hashed=False)
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", hashed=False)
-    micro_batch: int = _f(0, "examples per forward/backward on this process; the batch is accumulated "
-                          "over batch_size / micro_batch micro-batches; 0 = the whole batch",
+    micro_batch: int = _f(0, "examples per forward/backward on this process, a whole number of BN groups "
+                          "dividing batch_size; the batch is accumulated over its micro-batches (same "
+                          "result up to floating-point summation order); 0 = the whole batch",
                           minimum=0, batch=True, hashed=False)
     workers: int = _f(0, "data-loader worker processes", minimum=0, hashed=False)
     threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
@@ -369,6 +370,12 @@ def _validate_cross_fields(cfg: Config) -> None:
         raise UserError(f"conadv.executor={cfg.conadv.executor} cannot run attack.bn_mode=train_moving (the "
                         "attack would write running statistics while the update reads them); allowed: "
                         "conadv.executor=sequential or auto")
+    if cfg.conadv.attack_workers:
+        raise UserError(f"conadv.attack_workers={cfg.conadv.attack_workers}: dedicated attack workers come with "
+                        "multi-process training, which this release does not have yet; allowed: 0")
+    if cfg.model.width != 16 and cfg.model.name in ("resnet18", "resnet50"):
+        raise UserError(f"model.width={cfg.model.width} has no effect on model.name={cfg.model.name} (its widths "
+                        "are fixed); it applies to resnet8/14/20/32")
     if cfg.bn.three_way and not cfg.autoaugment:
         raise UserError("bn.three_way=true needs autoaugment=true (its third BN is for augmented images)")
     if cfg.schedule.end_lr > cfg.optim.lr and cfg.optim.lr_rule == "fixed":

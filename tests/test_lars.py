@@ -267,3 +267,16 @@ def test_step_does_not_sync_with_host(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     opt.step()
     opt.step()
+
+
+def test_sgd_mode_keeps_weight_decay_without_a_trust_ratio() -> None:
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    b = torch.nn.Parameter(torch.ones(3))
+    opt = LARS([{"params": [w], "lars_exclude": False, "weight_decay": 0.5, "adapt": False},
+                {"params": [b], "lars_exclude": True, "weight_decay": 0.0, "adapt": False}],
+               lr=0.1, momentum=0.0)
+    w.grad = torch.zeros_like(w)
+    b.grad = torch.full_like(b, 2.0)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((3, 2), 1 - 0.1 * 0.5))
+    torch.testing.assert_close(b.detach(), torch.full((3,), 1 - 0.1 * 2.0))

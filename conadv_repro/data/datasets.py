@@ -252,7 +252,7 @@ def build_imagenet(root: str, image_size: int, *, autoaugment: bool = False, see
 
     The official validation images come as one flat folder; move each into its class folder first
     (for example with `valprep.sh` from github.com/soumith/imagenetloader.torch). They are the test
-    split here; the validation split is 10 training images per class, held out of train.
+    split here; the validation split is IMAGENET_VAL_PER_CLASS (3) training images per class, held out of train.
     """
     from torchvision.datasets import ImageFolder
 

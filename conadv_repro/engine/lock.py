@@ -189,6 +189,21 @@ def _held_message(run_dir: Path, info: dict[str, Any] | None, mtime: float) -> s
     )
 
 
+def check_not_held(run_dir: Path, token: str | None = None) -> None:
+    """Raise LockHeldError now if a live holder other than `token` has the directory: a cheap check
+    before a long setup (loading a dataset), so a second process fails in a second, not a minute.
+    The real guarantee is still `RunLock.acquire`."""
+    raw = _read_raw(_lock_path(run_dir))
+    if raw is None:
+        return
+    info = _parse(raw[0])
+    token = token or os.environ.get(TOKEN_ENV)
+    if info is not None and token and info.get("token") == token:
+        return
+    if _stale_reason(info, raw[1], STALE_AFTER_S) is None:
+        raise LockHeldError(_held_message(Path(run_dir), info, raw[1]), info)
+
+
 class RunLock:
     """The lock on one run directory. Use as a context manager, or `acquire`/`start_heartbeat`/`release`."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from conadv_repro.atomic import append_jsonl
 from conadv_repro.config import Config
 from conadv_repro.engine.checkpoint import load_latest_checkpoint, save_checkpoint
-from conadv_repro.engine.lock import RunLock
+from conadv_repro.engine.lock import RunLock, check_not_held
 from conadv_repro.engine.progress import format_duration
 from conadv_repro.engine.rundir import RunDirectory, environment_info
 from conadv_repro.engine.trainer import Diverged, Trainer, Window, checkpoint_due, new_progress
@@ -39,7 +39,7 @@ def describe_outcome(record: dict[str, Any]) -> str:
                 f"{final.get('train_top1', float('nan')):.2f}%, {record.get('steps_done')} steps in "
                 f"{format_duration(record.get('wall_time_s', 0.0))}")
     if status == "diverged":
-        return f"diverged at step {record.get('steps_done')} ({record.get('error', 'non-finite loss')})"
+        return f"diverged after {record.get('steps_done')} steps ({record.get('error', 'non-finite loss')})"
     return str(status)
 
 
@@ -53,6 +53,7 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
     if record and record.get("status") in FINAL_STATES:
         log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
         return record
+    check_not_held(rd.path, lock_token)
     try:
         trainer = Trainer(cfg, log=log)
     except Exception as error:
@@ -90,6 +91,10 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
         epoch_times = list(state.get("epoch_times", []))
         log_window = Window(**state.get("log_window", {}))
         log(f"resuming {rd.path} from {path.name} at step {trainer.step}/{derived.total_steps}")
+        if state.get("micro_batch", derived.micro_batch) != derived.micro_batch:
+            log(f"warning: the checkpoint was written with runtime.micro_batch={state['micro_batch']}, this "
+                f"process uses {derived.micro_batch}: the same run up to floating-point summation order, "
+                "but not bit-identical to an uninterrupted one")
     rd.truncate_metrics(trainer.step)
     start = trainer.step
     name = cfg.run_id()
@@ -120,8 +125,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
                 window.add(out["examples"], out["correct"], out["loss"], out["branch_loss"])
             if steps_done % cfg.runtime.log_every == 0 or steps_done == total:
                 summary = log_window.summary()
-                img_s = progress.step_line(steps_done, summary["train_loss"], summary["train_top1"], out["lr"],
-                                           log_window.steps)
+                img_s = progress.step_line(steps_done, summary["train_loss"], summary["train_top1"], out["lr"])
                 append_jsonl(rd.metrics_path, {"kind": "train", "step": steps_done, "epoch": steps_done / spe,
                                                "lr": out["lr"], **summary, "images_per_s": img_s,
                                                "elapsed_s": elapsed()})
@@ -146,7 +150,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
                 rd.write_record({**record, "steps_done": steps_done, "wall_time_s": elapsed(),
                                  "epoch_times": epoch_times})
             if steps_done % spe == 0 or steps_done % cfg.runtime.checkpoint_every == 0:
-                progress.restart_window()
+                progress.restart_window(steps_done)
         test = trainer.evaluate("test")
         train = trainer.evaluate("train")
         save_checkpoint(rd.path, total, {**trainer.state_dict(), "elapsed": elapsed(), "epoch_times": epoch_times,

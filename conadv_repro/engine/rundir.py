@@ -19,8 +19,9 @@ import torch
 
 import conadv_repro
 from conadv_repro.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
-from conadv_repro.config import SCHEMA_VERSION, Config, config_from_dict
+from conadv_repro.config import FIELDS, SCHEMA_VERSION, Config, config_from_dict
 from conadv_repro.errors import UserError
+from conadv_repro.machine import cpu_name
 from conadv_repro.runfiles import CONFIG_FILE, LAUNCHER_FILES, METRICS_FILE, RECORD_FILE
 
 RECORD_SCHEMA = 1
@@ -55,6 +56,8 @@ class RunDirectory:
 
     def check_compatible(self, cfg: Config) -> None:
         """A run directory holds one run: a different config (another run id) is a user error."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--run-dir {self.path} is a file, not a directory; pick another --run-dir")
         stored = self.stored_config()
         if stored is None:
             leftovers = sorted(p.name for p in self.path.iterdir() if not _launcher_file(p.name)) \
@@ -65,7 +68,7 @@ class RunDirectory:
             return
         if stored.run_id() != cfg.run_id():
             ours, theirs = cfg.flat(), stored.flat()
-            diff = [k for k in ours if ours[k] != theirs[k] and not k.startswith("runtime.") and k != "data_root"]
+            diff = [k for k in ours if ours[k] != theirs[k] and FIELDS[k].metadata.get("hashed", True)]
             shown = ", ".join(f"{k}={theirs[k]!r} (yours {ours[k]!r})" for k in diff[:3])
             raise UserError(f"run directory {self.path} holds a different config (run id {stored.run_id()}, "
                             f"yours {cfg.run_id()}): {shown}; pick another --run-dir")
@@ -90,9 +93,10 @@ class RunDirectory:
         return read_jsonl(self.metrics_path)
 
     def truncate_metrics(self, steps_done: int) -> None:
-        """Drop rows written after the checkpoint we resume from: the resumed run writes them again."""
+        """Drop rows written after the checkpoint we resume from (and a final row: the end of the run
+        writes it again), so that the resumed run writes them once, identically."""
         rows = self.metrics()
-        kept = [row for row in rows if row.get("step", 0) <= steps_done]
+        kept = [row for row in rows if row.get("step", 0) <= steps_done and row.get("kind") != "final"]
         if len(kept) != len(rows) or self.metrics_path.exists():
             atomic_write_jsonl(self.metrics_path, kept)
 
@@ -101,14 +105,13 @@ def _launcher_file(name: str) -> bool:
     return name in LAUNCHER_FILES or name.startswith((".lock.json.", "lock.stale.", f".{LAUNCHER_FILES[1]}."))
 
 
-def _git_commit() -> str:
+def _git(*args: str) -> str | None:
     root = Path(conadv_repro.__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def environment_info(device: torch.device) -> dict[str, Any]:
@@ -117,15 +120,16 @@ def environment_info(device: torch.device) -> dict[str, Any]:
                       if d.metadata["Name"])
     info: dict[str, Any] = {
         "package_version": conadv_repro.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": None if (status := _git("status", "--porcelain", "--untracked-files=no")) is None
+        else bool(status),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "host": socket.gethostname(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "packages": packages,
     }

@@ -90,11 +90,9 @@ def derive(cfg: Config, num_train: int) -> Derived:
 def build_optimizer(cfg: Config, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
     groups = param_groups_for_lars(model, cfg.optim.weight_decay)
     if cfg.optim.name == "sgd":
-        # Plain momentum SGD is LARS with every parameter excluded from the trust ratio, and weight
-        # decay kept on the weights that LARS would adapt.
+        # Plain momentum SGD: no trust ratio anywhere, weight decay kept on the weights LARS would adapt.
         for group in groups:
-            if not group["lars_exclude"]:
-                group["lars_exclude"] = True
+            group["adapt"] = False
     return LARS(groups, lr=peak_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                 trust_coefficient=cfg.optim.trust_coefficient, eps=cfg.optim.eps,
                 momentum_form=cfg.optim.momentum_form)
@@ -216,7 +214,7 @@ class Trainer:
             examples += micro.targets.shape[0]
         loss_value, correct_value = torch.stack([loss_total, correct]).tolist()  # one host sync
         if not math.isfinite(loss_value):
-            raise Diverged(f"loss is {loss_value} at step {step}")
+            raise Diverged(f"loss is {loss_value} in step {step + 1}")
         commit_bn_statistics(self.model)
         self.optimizer.step()
         self.method.after_update(step)
@@ -250,6 +248,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "run_id": self.cfg.run_id(),
+            "micro_batch": self.derived.micro_batch,
         }
         return state
 

@@ -43,14 +43,21 @@ class ConAdv(AdversarialMethod):
         super().__init__(ctx)
         self.tau = ctx.cfg.conadv.tau
         self.moves_running_stats = ctx.cfg.attack.bn_mode == "train_moving"
-        self.executor = make_executor(ctx.cfg.conadv.executor, ctx.device,
-                                      moves_running_stats=self.moves_running_stats)
+        # Made at the first attack: evaluating a run (no training) needs no thread and no CUDA stream.
+        self._executor: Any = None
         self.snapshots: dict[int, nn.Module] = {}
         self._spares: list[nn.Module] = []
         self.pending: dict[MicroBatchKey, Future[Any]] = {}
         # (step, micro, the step of the weights the attack used): evidence of staleness, for tests and logs.
         self.trace: deque[tuple[int, int, int]] = deque(maxlen=4096)
         self._take_snapshot(0)
+
+    @property
+    def executor(self) -> Any:
+        if self._executor is None:
+            self._executor = make_executor(self.ctx.cfg.conadv.executor, self.ctx.device,
+                                           moves_running_stats=self.moves_running_stats)
+        return self._executor
 
     # ----------------------------------------------------------------- snapshots
     def source_step(self, step: int) -> int:
@@ -133,7 +140,8 @@ class ConAdv(AdversarialMethod):
         try:
             self._drain()
         finally:
-            self.executor.close()
+            if self._executor is not None:
+                self._executor.close()
 
 
 def _tensors(model: nn.Module) -> list[Tensor]:

@@ -87,6 +87,7 @@ class LARS(torch.optim.Optimizer):
             eps=eps,
             momentum_form=momentum_form,
             lars_exclude=False,
+            adapt=True,
         )
         super().__init__(params, defaults)
 
@@ -118,6 +119,9 @@ class LARS(torch.optim.Optimizer):
                 if exclude:
                     # Copy: the buffer must not alias p.grad, which zero_grad may clear in place.
                     update = grad.clone()
+                elif not group["adapt"]:
+                    # Plain momentum SGD with weight decay (optim.name=sgd): no trust ratio.
+                    update = grad.add(p, alpha=wd) if wd != 0.0 else grad.clone()
                 else:
                     trust = trust_ratio(
                         torch.linalg.vector_norm(p),
