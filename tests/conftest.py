@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.analysis_fixture import smoke_runs  # noqa: F401 - a fixture for the analysis tests
 from tests.slurm_support import require_slurm_partition
 
 os.environ.setdefault("WANDB_MODE", "disabled")
