@@ -53,6 +53,8 @@ def run_row(run_dir: Path, jobs: SlurmJobs | None = None) -> dict[str, Any] | No
     row["total_steps"] = record.get("total_steps")
     row["attempts"] = record.get("attempts")
     row["device"] = (record.get("environment") or {}).get("device_name")
+    derived = record.get("derived") or (stored or {}).get("derived") or {}
+    row.update({f"derived.{key}": value for key, value in derived.items()})
     return row
 
 

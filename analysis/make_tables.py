@@ -1,0 +1,152 @@
+"""Regenerate the paper's tables from the runs, each cell beside the paper's number.
+
+    python analysis/make_tables.py                               # every table, smoke scale, runs/
+    python analysis/make_tables.py --scale paper --experiments table1,table4
+    python analysis/make_tables.py --source wandb --entity E --project P --scale paper
+
+Writes `results/<scale>/<table>.md`, `.csv` (one line per cell and metric: ours, paper, difference,
+run ids) and `.tex` for Tables 1, 2, 4 and 5, and `table6.*` (the hyperparameters). Table 3 (training
+time) needs the multi-device timing runs and is reported as missing. Each table says how many of its
+cells are filled and at which scale; a cell without a finished run shows as missing. Only this scale's
+files of the tables asked for are rewritten, each atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+
+from analysis.records import load_runs, planned  # noqa: E402
+from analysis.tables import cell_results, filled, layout, long_form, to_latex, to_markdown  # noqa: E402
+from conadv_repro.atomic import atomic_write_text  # noqa: E402
+from conadv_repro.errors import UserError, cli_entry  # noqa: E402
+from conadv_repro.launch.plan import check_scale  # noqa: E402
+from conadv_repro.presets import KIBI, TABLE6  # noqa: E402
+
+TABLES = ("table1", "table2", "table4", "table5")
+SCALE_NOTES = {
+    "smoke": "smoke scale: a few steps per run on the embedded digits; it checks the plumbing and its "
+             "numbers are not comparable to the paper's",
+    "proxy": "proxy scale: the embedded digits, the paper's effects in miniature; compare differences, "
+             "not absolute numbers",
+    "cifar10": "CIFAR-10 scale: compare differences between methods, not absolute numbers",
+    "paper": "paper scale: ImageNet, ResNet-50, the paper's batch sizes",
+}
+
+
+def writable_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out folder {folder} cannot be created ({error.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"--out folder {folder} is not writable")
+    return folder
+
+
+def table6(frame: pd.DataFrame, scale: str, runs_dir: Path) -> tuple[pd.DataFrame, int]:
+    """Table 6's hyperparameters: what our vanilla runs at 32k/64k/96k used, beside the paper's."""
+    _, runs = planned(["table1"], scale, runs_dir)
+    by_id = {row["run_id"]: row for row in frame.to_dict("records")} if not frame.empty else {}
+    paper_rows = {
+        "Peak LR": lambda b: TABLE6[b][0], "Epoch": lambda b: 90, "Weight Decay": lambda b: 5e-4,
+        "Warmup": lambda b: TABLE6[b][1], "LR decay": lambda b: "POLY", "Optimizer": lambda b: "LARS",
+        "Momentum": lambda b: 0.9, "Label Smoothing": lambda b: 0.1,
+    }
+    columns, cells, found = [], {name: [] for name in paper_rows}, 0
+    for batch in sorted(TABLE6):
+        label = f"{batch // KIBI}k"
+        columns.append(label)
+        run = next((r for r in runs if r.config.paper_batch == label and r.config.method == "vanilla"
+                    and not r.config.autoaugment), None)
+        row = by_id.get(run.run_id) if run else None
+        found += row is not None
+        ours = {} if row is None else {
+            "Peak LR": row.get("derived.peak_lr"), "Epoch": row.get("epochs") if row.get("steps") is None else
+            f"{row.get('steps')} steps", "Weight Decay": row.get("optim.weight_decay"),
+            "Warmup": row.get("derived.warmup_epochs"),
+            "LR decay": f"POLY (power {row.get('schedule.power')})", "Optimizer": str(row.get("optim.name", "")).upper(),
+            "Momentum": row.get("optim.momentum"), "Label Smoothing": row.get("optim.label_smoothing")}
+        for name, paper in paper_rows.items():
+            value = ours.get(name)
+            shown = "missing" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+            paper_value = paper(batch)
+            cells[name].append(f"{shown} / {paper_value:g}" if isinstance(paper_value, float)
+                               else f"{shown} / {paper_value}")
+    return pd.DataFrame(list(cells.values()), index=list(cells), columns=columns), found
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python analysis/make_tables.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="smoke", help="smoke, proxy, cifar10 or paper (default: smoke)")
+    parser.add_argument("--experiments", default="all", help="comma-separated: table1, table2, table4, table5, "
+                                                             "or all (default)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the runs are (default: runs)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
+    parser.add_argument("--source", default="records", choices=("records", "wandb"),
+                        help="read the run records (default) or W&B")
+    parser.add_argument("--entity", default="", help="W&B entity (with --source wandb)")
+    parser.add_argument("--project", default="", help="W&B project (with --source wandb)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
+    args = parser.parse_args(argv)
+    check_scale(args.scale)
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    wanted = list(TABLES) if names == ["all"] else names
+    for name in wanted:
+        if name not in TABLES:
+            if name in ("figure2", "figure4"):
+                raise UserError(f"{name} is a figure: use python analysis/make_figures.py")
+            if name == "table3":
+                raise UserError("table3 (training time) needs the multi-device timing runs, not in this release")
+            raise UserError(f"unknown experiment {name!r}; allowed: {', '.join(TABLES)}, all")
+    experiments, runs = planned(wanted, args.scale, args.runs_dir)
+    if args.source == "wandb":
+        from analysis.wandb_source import load_wandb
+
+        frame = load_wandb(args.entity, args.project, args.scale)
+    else:
+        frame = load_runs(args.runs_dir, [args.scale])
+    if frame.empty or not (frame["status"] == "finished").any():
+        where = f"W&B {args.entity}/{args.project}" if args.source == "wandb" else str(args.runs_dir / args.scale)
+        raise UserError(f"no finished runs in {where}; train some with: python -m conadv_repro.launch "
+                        f"{wanted[0]} --scale {args.scale}")
+    out = writable_folder(args.out / args.scale)
+    note = SCALE_NOTES[args.scale]
+    for experiment in experiments:
+        results = cell_results(experiment, runs, frame)
+        done, total = filled(results)
+        grid = layout(experiment, results)
+        caption = f"{experiment.title} -- reproduced / paper (difference); {done} of {total} cells filled"
+        markdown = (f"# {experiment.title}\n\n{done} of {total} cells filled, {note}. Each cell: ours / the "
+                    f"paper's (ours - paper).\n\n{to_markdown(grid)}\n")
+        atomic_write_text(out / f"{experiment.name}.md", markdown)
+        atomic_write_text(out / f"{experiment.name}.csv", long_form(results, args.scale).to_csv(index=False))
+        atomic_write_text(out / f"{experiment.name}.tex", to_latex(grid, f"{caption} ({args.scale} scale)"))
+        print(f"{experiment.name}: {done} of {total} cells filled ({args.scale} scale) -> "
+              f"{out / experiment.name}.md/.csv/.tex")
+        if not args.quiet:
+            print(f"\n{markdown}")
+    if names == ["all"]:
+        grid, found = table6(frame, args.scale, args.runs_dir)
+        markdown = (f"# Table 6: Hyperparameters of ResNet-50 on ImageNet\n\n{found} of 3 columns filled, "
+                    f"{note}. Each cell: ours / the paper's.\n\n{to_markdown(grid)}\n")
+        atomic_write_text(out / "table6.md", markdown)
+        atomic_write_text(out / "table6.csv", grid.to_csv())
+        atomic_write_text(out / "table6.tex", to_latex(grid, f"Table 6: Hyperparameters ({args.scale} scale)"))
+        print(f"table6: {found} of 3 columns filled ({args.scale} scale) -> {out / 'table6'}.md/.csv/.tex")
+        if not args.quiet:
+            print(f"\n{markdown}")
+        print("table3: missing (training time needs the multi-device timing runs, not in this release)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
