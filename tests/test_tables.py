@@ -92,7 +92,7 @@ def test_bad_input_is_one_line(smoke_runs, tmp_path, cli_env):
 
 
 def test_the_analysis_never_imports_the_engine(tmp_path):
-    code = ("import sys; sys.path.insert(0, %r); import analysis.make_tables, analysis.records, analysis.tables; "
-            "print('torch' in sys.modules)" % str(REPO))
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import analysis.make_tables, analysis.records, "
+            "analysis.tables; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert out.stdout.strip() == "False", out.stderr
