@@ -156,6 +156,8 @@ class RuntimeConfig:
     checkpoint_every: int = _f(200, "steps between checkpoints (and always at each epoch end)",
                                positive=True, hashed=False)
     eval_batch: int = _f(512, "batch size of evaluation passes", positive=True, batch=True, hashed=False)
+    wandb: str = _f("auto", "W&B logging: auto (online when logged in, offline otherwise), online, offline, "
+                    "disabled", choices=("auto", "online", "offline", "disabled"), hashed=False)
 
 
 @dataclass(frozen=True)

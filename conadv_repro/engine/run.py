@@ -22,6 +22,7 @@ from conadv_repro.engine.lock import RunLock, check_not_held
 from conadv_repro.engine.progress import format_duration
 from conadv_repro.engine.rundir import RunDirectory, environment_info
 from conadv_repro.engine.trainer import Diverged, Trainer, Window, checkpoint_due, new_progress
+from conadv_repro.tracking import Tracker, make_tracker
 
 FINAL_STATES = ("finished", "diverged")
 
@@ -44,9 +45,10 @@ def describe_outcome(record: dict[str, Any]) -> str:
 
 
 def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None] = print,
-                 lock_token: str | None = None) -> dict[str, Any]:
+                 lock_token: str | None = None, tags: list[str] | None = None) -> dict[str, Any]:
     """Train (or resume, or skip) the run `cfg` in `run_dir`; returns its record. `lock_token` adopts a
-    launcher's claim on the directory (see engine/lock.py)."""
+    launcher's claim on the directory (see engine/lock.py); `tags` name the experiments that use the run
+    (its W&B tags, see tracking.py)."""
     rd = RunDirectory(Path(run_dir))
     rd.check_compatible(cfg)
     record = rd.read_record()
@@ -72,13 +74,13 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
             log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
             return record
         try:
-            return _train_locked(trainer, rd, record or {}, log, lock)
+            return _train_locked(trainer, rd, record or {}, log, lock, tags or [])
         finally:
             trainer.close()
 
 
 def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
-                  log: Callable[[str], None], lock: RunLock) -> dict[str, Any]:
+                  log: Callable[[str], None], lock: RunLock, tags: list[str]) -> dict[str, Any]:
     cfg, derived = trainer.cfg, trainer.derived
     if not rd.config_path.exists():
         rd.write_config(cfg, derived.as_dict())
@@ -105,6 +107,20 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
         "epoch_times": epoch_times, "environment": environment_info(trainer.device), "final": None,
     }
     rd.write_record(record)
+    tracker = make_tracker(cfg, run_id=name, attempt=record["attempts"], tags=tags, run_dir=rd.path,
+                           started=record["started"]).start()
+    try:
+        return _train_steps(trainer, rd, record, log, lock, tracker, elapsed0, epoch_times, log_window)
+    finally:
+        # "running" here: stopped by a lost lock or an interrupt, not by a failure of the run itself.
+        tracker.finish("interrupted" if record["status"] == "running" else record["status"])
+
+
+def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log: Callable[[str], None],
+                 lock: RunLock, tracker: Tracker, elapsed0: float, epoch_times: list[float],
+                 log_window: Window) -> dict[str, Any]:
+    cfg, derived = trainer.cfg, trainer.derived
+    name, start = record["run_id"], trainer.step
     log(f"[{name}] {trainer.describe()}")
     trainer.open_batches(start)
     progress = new_progress(trainer, name, start)
@@ -112,6 +128,10 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
 
     def elapsed() -> float:
         return elapsed0 + time.time() - t0
+
+    def append(row: dict[str, Any]) -> None:
+        append_jsonl(rd.metrics_path, row)
+        tracker.log(row, row["step"])
 
     spe, total = derived.steps_per_epoch, derived.total_steps
     try:
@@ -126,9 +146,8 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
             if steps_done % cfg.runtime.log_every == 0 or steps_done == total:
                 summary = log_window.summary()
                 img_s = progress.step_line(steps_done, summary["train_loss"], summary["train_top1"], out["lr"])
-                append_jsonl(rd.metrics_path, {"kind": "train", "step": steps_done, "epoch": steps_done / spe,
-                                               "lr": out["lr"], **summary, "images_per_s": img_s,
-                                               "elapsed_s": elapsed()})
+                append({"kind": "train", "step": steps_done, "epoch": steps_done / spe, "lr": out["lr"],
+                        **summary, "images_per_s": img_s, "elapsed_s": elapsed()})
                 log_window = Window()
             if steps_done % spe == 0:
                 epoch = steps_done // spe
@@ -141,7 +160,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
                         f"test top-1 {test['top1']:.2f}% top-5 {test['top5']:.2f}%")
                 epoch_times.append(elapsed())
                 row["elapsed_s"] = epoch_times[-1]
-                append_jsonl(rd.metrics_path, row)
+                append(row)
                 trainer.epoch_window = Window()
             if steps_done < total and checkpoint_due(trainer, steps_done):
                 save_checkpoint(rd.path, steps_done, {**trainer.state_dict(), "elapsed": elapsed(),
@@ -160,6 +179,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
                  "train_top1_running": (trainer.epoch_window.summary()["train_top1"]
                                         if trainer.epoch_window.examples else _last_epoch_train_top1(rd))}
         append_jsonl(rd.metrics_path, {"kind": "final", "step": total, **final})
+        tracker.summary({**final, "steps_done": total})
         record.update(status="finished", final=final, steps_done=total, wall_time_s=elapsed(),
                       epoch_times=epoch_times, finished=time.time())
         rd.write_record(record)
@@ -170,6 +190,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
         raise
     except Diverged as error:
         append_jsonl(rd.metrics_path, {"kind": "diverged", "step": trainer.step + 1, "error": str(error)})
+        tracker.summary({"steps_done": trainer.step})
         record.update(status="diverged", error=str(error), steps_done=trainer.step, wall_time_s=elapsed())
         rd.write_record(record)
         log(f"[{name}] {describe_outcome(record)}")

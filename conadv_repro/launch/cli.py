@@ -157,6 +157,22 @@ def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -
     return [runs[i:i + per_job] for i in range(0, len(runs), per_job)]
 
 
+def experiment_tags(runs: list[PlannedRun], args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """Run id -> every experiment that uses the run at this scale (its W&B tags), not only those launched
+    now: a run shared by Tables 1, 2 and 4 carries three tags even when launched for Table 1 alone."""
+    names = {run.run_id: {use[0] for use in run.uses} for run in runs}
+    try:
+        every = expand(load_experiments(["all"]), scale=args.scale, runs_dir=args.runs_dir,
+                       sets=parse_sets(getattr(args, "sets", None) or []),
+                       data_root=getattr(args, "data_root", "") or "")
+    except Exception:  # only labels: the launched experiments' names still tag the runs
+        every = []
+    for run in every:
+        if run.run_id in names:
+            names[run.run_id].update(use[0] for use in run.uses)
+    return {run_id: tuple(sorted(found)) for run_id, found in names.items()}
+
+
 def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argparse.Namespace) -> list[tuple[Any, list[PlannedRun]]]:
     from conadv_repro.engine.lock import attach_job, claim, release_claim
     from conadv_repro.launch import submit
@@ -175,7 +191,9 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     threads = submit.default_threads(cluster, len(groups))
     jobs_made = []
     try:
-        payloads = [submit.RunJob([submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)])
+        tags = experiment_tags([run for run, _ in claimed], args)
+        payloads = [submit.RunJob([submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)],
+                                                  tags[run.run_id])
                                    for run in group], threads) for group in groups]
         if cluster == "debug":
             jobs = [executor.submit(payload) for payload in payloads]

@@ -36,6 +36,7 @@ class RunSpec:
     config: dict[str, Any]
     run_dir: str
     token: str
+    tags: tuple[str, ...] = ()  # the experiments that use the run (its W&B tags)
 
 
 class RunJob:
@@ -57,7 +58,7 @@ class RunJob:
         for spec in self.specs:
             cfg = config_from_dict(spec.config)
             try:
-                record = run_training(cfg, spec.run_dir, lock_token=spec.token)
+                record = run_training(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
                 results.append({"run_dir": spec.run_dir, "status": record.get("status"),
                                 "final": record.get("final")})
             except Exception as error:  # the next runs of the job still train
