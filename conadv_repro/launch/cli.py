@@ -198,7 +198,8 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
         if cluster == "debug":
             jobs = [executor.submit(payload) for payload in payloads]
         else:
-            with submit.detached_from_terminal(cluster == "local"), executor.batch():
+            # clean_env: a launch from inside a Slurm job must not hand its SLURM_* variables to the jobs.
+            with submit.clean_env(), submit.detached_from_terminal(cluster == "local"), executor.batch():
                 jobs = [executor.submit(payload) for payload in payloads]
         for job, group in zip(jobs, groups, strict=True):
             jobs_made.append((job, group))

@@ -136,6 +136,12 @@ def record_submission(run_dir: Path, entry: dict[str, Any]) -> None:
     atomic_write_json(path, {"submissions": history})
 
 
+def clean_env() -> Any:
+    import submitit
+
+    return submitit.helpers.clean_env()
+
+
 @contextmanager
 def detached_from_terminal(enabled: bool = True) -> Iterator[None]:
     """Start local jobs with /dev/null as stdout and stderr: submitit's local job controller would
