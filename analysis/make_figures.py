@@ -1,0 +1,155 @@
+"""`python analysis/make_figures.py`: the paper's figures from finished runs, as PNG and PDF.
+
+Writes, under `<out>/<scale>/figures/`:
+
+    figure2.png, figure2.pdf                   top-1 against batch size, with and without AutoAugment,
+                                               beside the paper's points (when figure2 is asked for)
+    curves_<experiment>.png, .pdf              test top-1 against epoch, one line per method and batch
+
+Figure 4 (throughput) arrives with the multi-device issue; until then it is reported as missing and no
+file is written. Every file is rendered in memory and written atomically, and only the files of the
+experiments asked for at the scale asked for are rewritten: other scales' and experiments' results are
+never touched. Reads run directories only; the training code (torch) is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis.records import load_runs, planned  # noqa: E402
+from conadv_repro.atomic import atomic_write_bytes  # noqa: E402
+from conadv_repro.errors import UserError, cli_entry  # noqa: E402
+from conadv_repro.launch.plan import check_scale  # noqa: E402
+from conadv_repro.presets import LAUNCH_SCALES  # noqa: E402
+from conadv_repro.registry import experiment_names  # noqa: E402
+
+FIGURE4 = "figure4"
+FIGURE4_MISSING = ("figure4: throughput against batch size arrives with the multi-device (scale-out) "
+                   "issue; no file written")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python analysis/make_figures.py",
+        description=textwrap.fill("Draw the paper's figures from finished runs, as PNG and PDF: Figure 2 (top-1 against "
+                    "batch size, with and without AutoAugment, beside the paper's points) and a training-curve "
+                    "figure per experiment (test top-1 against epoch). Figure 4 (throughput) is reported as "
+                    "missing until the multi-device issue brings its runs. Only the files of the experiments "
+                    "asked for, at the scale asked for, are rewritten.", 88, break_on_hyphens=False),
+        epilog="examples:\n"
+               "  python analysis/make_figures.py                         every figure of the smoke runs\n"
+               "  python analysis/make_figures.py --scale proxy --experiments figure2,table1\n"
+               "  python analysis/make_figures.py --runs-dir /copied/runs --out results\n\n"
+               "Files go to OUT/SCALE/figures/: figure2.png/.pdf and curves_EXPERIMENT.png/.pdf.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
+    parser.add_argument("--runs-dir", default="runs", type=Path,
+                        help="the launcher's runs folder, holding SCALE/RUN_ID/ (default: runs)")
+    parser.add_argument("--experiments", default="all",
+                        help="comma-separated: figure2, table1, table2, table4, table5, figure4, or all "
+                             "(default: all)")
+    parser.add_argument("--out", default="results", type=Path,
+                        help="results folder; figures go to OUT/SCALE/figures/ (default: results)")
+    return parser.parse_args(argv)
+
+
+def _names(raw: str) -> tuple[list[str], bool]:
+    """The registry's experiment names asked for, and whether Figure 4 was asked for (by name or `all`)."""
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--experiments {raw!r} names no experiment; allowed: "
+                        f"{', '.join(experiment_names())}, {FIGURE4}, all")
+    known = experiment_names()
+    wants_figure4 = (FIGURE4 in names or "all" in names) and FIGURE4 not in known
+    return [n for n in names if not (n == FIGURE4 and FIGURE4 not in known)], wants_figure4
+
+
+def _figures_dir(out: Path, scale: str) -> Path:
+    """OUT/SCALE/figures, created; a folder that cannot be created or written is the user's error."""
+    folder = out / scale / "figures"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot create {folder} ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {folder} is not writable")
+    return folder
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror or error})") from None
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_scale(args.scale)
+    names, wants_figure4 = _names(args.experiments)
+    experiments, runs = planned(names, args.scale, args.runs_dir) if names else ([], [])
+    records = load_runs(args.runs_dir, [args.scale])
+    planned_ids = {run.run_id for run in runs}
+    finished = set()
+    if not records.empty:
+        finished = set(records.loc[records["status"] == "finished", "run_id"].astype(str)) & planned_ids
+    if names and not finished:
+        asked = "all" if "all" in names else " ".join(e.name for e in experiments)
+        data = " --data-root DIR" if args.scale in ("paper", "cifar10") else ""
+        raise UserError(f"no finished runs of {', '.join(e.name for e in experiments)} under "
+                        f"{args.runs_dir / args.scale}; train some with python -m conadv_repro.launch {asked} "
+                        f"--scale {args.scale}{data} --runs-dir {args.runs_dir}")
+    folder = _figures_dir(args.out, args.scale) if names else None
+    # matplotlib only now, so that bad input is answered quickly.
+    from analysis.figures import FORMATS, cells_with_runs, curves_figure, curves_of, figure2, render
+    written: list[Path] = []
+    missing: list[str] = []
+
+    def save(fig, stem: str) -> None:
+        for fmt in FORMATS:
+            path = folder / f"{stem}.{fmt}"
+            _write(path, render(fig, fmt))
+            written.append(path)
+            print(f"wrote {path}")
+
+    def left_alone(stem: str) -> str:
+        old = [folder / f"{stem}.{fmt}" for fmt in FORMATS if (folder / f"{stem}.{fmt}").exists()]
+        return f" (an older {', '.join(map(str, old))} is left as it was)" if old else ""
+
+    for experiment in experiments:
+        cells = cells_with_runs(experiment, runs, records)
+        if experiment.name == "figure2":
+            filled = sum(1 for c in cells if c.values())
+            if filled:
+                print(f"figure2: {filled} of {len(cells)} points filled at the {args.scale} scale "
+                      f"(the paper's {sum(1 for c in cells if 'test_top1' in c.paper)} drawn beside them)")
+                save(figure2(experiment, cells, args.scale), "figure2")
+            else:
+                missing.append(f"figure2: no finished run of its {len(cells)} points; not drawn"
+                               + left_alone("figure2"))
+        curves = curves_of(cells)
+        stem = f"curves_{experiment.name}"
+        if curves:
+            empty = sum(1 for c in cells if not c.finished)
+            print(f"{stem}: {len(curves)} lines from {sum(c.runs for c in curves)} finished runs "
+                  f"({empty} of {len(cells)} cells have none)")
+            save(curves_figure(experiment, curves, args.scale), stem)
+        else:
+            missing.append(f"{stem}: no finished run of {experiment.name}; not drawn" + left_alone(stem))
+    if wants_figure4:
+        missing.append(FIGURE4_MISSING)
+    for line in missing:
+        print(f"missing: {line}")
+    print(f"{len(written)} files written" + (f" under {folder}" if folder is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""`analysis/make_figures.py` on the records of real smoke runs (the `smoke_runs` fixture): the figure
+files exist, are valid PNG and PDF and are not blank; a rerun rewrites the same files and only its own;
+bad input is one line and exit status 2; the analysis imports no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "analysis" / "make_figures.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_figures(cli_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=cli_env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def wrote(stdout: str) -> list[str]:
+    return [line.removeprefix("wrote ") for line in stdout.splitlines() if line.startswith("wrote ")]
+
+
+def assert_png_not_blank(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), path
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 200, pixels.shape
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert float(rgb.std()) > 0.02, f"{path} looks blank"
+    assert len(np.unique(rgb, axis=0)) > 2, f"{path} has no more than 2 colours"
+    # The lines are coloured, not only black text on white.
+    assert float((rgb.max(axis=1) - rgb.min(axis=1)).max()) > 0.3, f"{path} has no coloured pixel"
+
+
+def assert_pdf(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF-"), path
+    assert data.rstrip().endswith(b"%%EOF"), path
+    assert len(data) > 1024, path
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return tmp_path / "results"
+
+
+def test_figures_of_real_runs(smoke_runs: Path, results: Path, cli_env: dict[str, str]) -> None:
+    figures = results / "smoke" / "figures"
+    # Another scale's committed results and a same-scale figure of an experiment not asked for.
+    keep = results / "paper" / "figures" / "keep.png"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"committed paper-scale figure")
+    other = figures / "curves_table5.png"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"an older table5 figure")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (keep, other)}
+
+    args = ("--scale", "smoke", "--runs-dir", str(smoke_runs), "--experiments", "figure2,table1,figure4",
+            "--out", str(results))
+    first = make_figures(cli_env, *args)
+    assert first.returncode == 0, first.stderr
+    # Table 1's smoke runs at 32k and 64k fill Figure 2's vanilla and AutoAugment points there.
+    assert "figure2: 4 of 18 points filled" in first.stdout
+    assert "curves_table1: 6 lines from 6 finished runs" in first.stdout
+    assert "figure4" in first.stdout and "no file written" in first.stdout
+    expected = sorted(str(figures / f"{stem}.{fmt}") for stem in ("figure2", "curves_figure2", "curves_table1")
+                      for fmt in ("png", "pdf"))
+    assert sorted(wrote(first.stdout)) == expected
+    for stem in ("figure2", "curves_figure2", "curves_table1"):
+        assert_png_not_blank(figures / f"{stem}.png")
+        assert_pdf(figures / f"{stem}.pdf")
+    assert not list(figures.glob("figure4*")), "figure 4 is reported missing, not drawn empty"
+    assert not list(figures.glob(".*.tmp")), "an atomic write left its temporary file"
+    contents = {p: p.read_bytes() for p in figures.iterdir()}
+
+    # A rerun rewrites the same files with the same bytes (no timestamps inside).
+    second = make_figures(cli_env, *args)
+    assert second.returncode == 0, second.stderr
+    assert sorted(wrote(second.stdout)) == expected
+    assert {p: p.read_bytes() for p in figures.iterdir()} == contents
+
+    # Regenerating one experiment rewrites only its own files.
+    figure2_mtime = (figures / "figure2.png").stat().st_mtime_ns
+    third = make_figures(cli_env, "--runs-dir", str(smoke_runs), "--experiments", "table1", "--out", str(results))
+    assert third.returncode == 0, third.stderr
+    assert sorted(wrote(third.stdout)) == [str(figures / "curves_table1.pdf"), str(figures / "curves_table1.png")]
+    assert (figures / "figure2.png").stat().st_mtime_ns == figure2_mtime
+    for path, (data, mtime) in before.items():
+        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"{path} was touched"
+    assert sorted(p.name for p in (results / "paper" / "figures").iterdir()) == ["keep.png"]
+
+
+def test_bad_input_is_one_line_and_status_2(smoke_runs: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    empty = tmp_path / "empty_runs"
+    empty.mkdir()
+    out = ["--out", str(tmp_path / "results")]
+    cases = {
+        "unknown experiment": (["--runs-dir", str(smoke_runs), "--experiments", "figure9", *out], "figure9"),
+        "unknown scale": (["--runs-dir", str(smoke_runs), "--scale", "huge", *out], "huge"),
+        "no runs": (["--runs-dir", str(empty), *out], "no finished runs"),
+        "no runs at the scale": (["--runs-dir", str(smoke_runs), "--scale", "proxy", *out], "no finished runs"),
+        "missing runs folder": (["--runs-dir", str(tmp_path / "nowhere"), *out], "no finished runs"),
+        "out not writable": (["--runs-dir", str(smoke_runs), "--experiments", "table1",
+                              "--out", str(a_file / "results")], "--out"),
+    }
+    for name, (args, needle) in cases.items():
+        result = make_figures(cli_env, *args)
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (name, result.stderr)
+    assert not (tmp_path / "results").exists(), "bad input wrote results"
+
+
+def test_analysis_imports_no_torch(smoke_runs: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Importing the figure code and drawing every figure never loads the training code."""
+    code = (
+        "import sys\n"
+        "import analysis.figures\n"
+        "import analysis.make_figures as m\n"
+        "assert 'torch' not in sys.modules, 'import'\n"
+        f"status = m.main(['--runs-dir', {str(smoke_runs)!r}, '--out', {str(tmp_path / 'results')!r}])\n"
+        "assert status == 0\n"
+        "assert 'torch' not in sys.modules, 'drawing'\n"
+        "print('no torch')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "no torch" in result.stdout
+    assert "missing: figure4" in result.stdout
