@@ -8,7 +8,10 @@ text disagree with this reading.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from conadv_repro.registry import Cell, Experiment
 
 BATCHES = ("1k", "4k", "8k", "16k", "32k", "64k", "96k")
 LARGE = ("32k", "64k", "96k")
@@ -33,3 +36,19 @@ def method_overrides(method: str, autoaugment: bool, paper_batch: str) -> dict[s
     if method in ("disadv", "conadv"):
         out["attack.epsilon"] = epsilon_for(autoaugment, paper_batch)
     return out
+
+
+def batch_grid(*, name: str, title: str, description: str, columns: tuple[str, ...],
+               rows: Mapping[str, tuple[str, bool, tuple[float, ...]]], kind: str = "table",
+               notes: tuple[str, ...] = ()) -> Experiment:
+    """A grid of rows (method, AutoAugment, the paper's test top-1 per column) by paper batch sizes."""
+    return Experiment(
+        name=name, title=title, description=description, kind=kind, notes=notes,
+        rows=tuple(rows), columns=columns,
+        cells=tuple(
+            Cell(row=row, column=batch, paper_batch=batch, overrides=method_overrides(method, aa, batch),
+                 paper={"test_top1": values[i]})
+            for row, (method, aa, values) in rows.items()
+            for i, batch in enumerate(columns)
+        ),
+    )

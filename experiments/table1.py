@@ -8,8 +8,7 @@ ConAdv keep a 0.7-1.0 point gain (75.3 at 96k), ConAdv matching DisAdv.
     python -m conadv_repro.launch table1 --scale paper --data-root /data/imagenet --cluster slurm --profile NAME
 """
 
-from conadv_repro.registry import Cell, Experiment
-from experiments.common import BATCHES, method_overrides
+from experiments.common import BATCHES, batch_grid
 
 ROWS = {
     "ResNet-50": ("vanilla", False, (76.9, 76.9, 76.6, 76.6, 76.6, 75.3, 74.3)),
@@ -18,16 +17,10 @@ ROWS = {
     "ResNet-50+ConAdv": ("conadv", False, (77.4, 77.4, 77.4, 77.4, 77.3, 76.2, 75.3)),
 }
 
-EXPERIMENT = Experiment(
+EXPERIMENT = batch_grid(
     name="table1",
     title="Table 1: Top-1 accuracy for ResNet-50 on ImageNet",
     description="vanilla, AutoAugment, DisAdv, ConAdv x 1k-96k",
-    rows=tuple(ROWS),
     columns=BATCHES,
-    cells=tuple(
-        Cell(row=row, column=batch, paper_batch=batch, overrides=method_overrides(method, aa, batch),
-             paper={"test_top1": values[i]})
-        for row, (method, aa, values) in ROWS.items()
-        for i, batch in enumerate(BATCHES)
-    ),
+    rows=ROWS,
 )

@@ -6,8 +6,7 @@ runs, shared). The paper's claim: ConAdv + AA keeps 76.2 at 96k where both other
     python -m conadv_repro.launch table2 [--scale paper --data-root /data/imagenet]
 """
 
-from conadv_repro.registry import Cell, Experiment
-from experiments.common import BATCHES, method_overrides
+from experiments.common import BATCHES, batch_grid
 
 ROWS = {
     "ResNet-50": ("vanilla", False, (76.9, 76.9, 76.6, 76.6, 76.6, 75.3, 74.3)),
@@ -15,16 +14,10 @@ ROWS = {
     "ResNet-50+ConAdv+AA": ("conadv", True, (78.5, 78.5, 78.5, 78.5, 78.3, 77.3, 76.2)),
 }
 
-EXPERIMENT = Experiment(
+EXPERIMENT = batch_grid(
     name="table2",
     title="Table 2: Top-1 accuracy with AutoAug on ImageNet",
     description="vanilla, AutoAugment, ConAdv + AutoAugment x 1k-96k",
-    rows=tuple(ROWS),
     columns=BATCHES,
-    cells=tuple(
-        Cell(row=row, column=batch, paper_batch=batch, overrides=method_overrides(method, aa, batch),
-             paper={"test_top1": values[i]})
-        for row, (method, aa, values) in ROWS.items()
-        for i, batch in enumerate(BATCHES)
-    ),
+    rows=ROWS,
 )
