@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.records import load_runs, planned  # noqa: E402
 from conadv_repro.atomic import atomic_write_bytes  # noqa: E402
-from conadv_repro.errors import UserError, cli_entry  # noqa: E402
+from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E402
 from conadv_repro.launch.plan import check_scale  # noqa: E402
 from conadv_repro.presets import LAUNCH_SCALES  # noqa: E402
 from conadv_repro.registry import experiment_names  # noqa: E402
@@ -35,7 +35,7 @@ FIGURE4_MISSING = ("figure4: throughput against batch size arrives with the mult
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python analysis/make_figures.py",
         description=textwrap.fill("Draw the paper's figures from finished runs, as PNG and PDF: Figure 2 (top-1 against "
                     "batch size, with and without AutoAugment, beside the paper's points) and a training-curve "

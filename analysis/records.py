@@ -35,6 +35,8 @@ def run_row(run_dir: Path, jobs: SlurmJobs | None = None) -> dict[str, Any] | No
     stored = _read(run_dir / CONFIG_FILE)
     state = run_state(run_dir, jobs)
     if stored is None and state.record is None:
+        if state.state in ("queued", "running", "unfinished"):  # claimed or started, nothing written yet
+            return {"run_id": run_dir.name, "run_dir": str(run_dir), "status": state.state}
         return None
     record = state.record or {}
     config = record.get("config") or _flatten((stored or {}).get("config", {}))
@@ -104,7 +106,7 @@ def planned(experiment_names: list[str], scale: str, runs_dir: Path) -> tuple[li
     a table cell finds exactly the run the launcher trained)."""
     experiments = load_experiments(experiment_names)
     try:
-        runs = expand(experiments, scale=scale, runs_dir=runs_dir, sets={}, data_root="DATA" if scale in ("paper", "cifar10") else "")
+        runs = expand(experiments, scale=scale, runs_dir=runs_dir, sets={}, check_data=False)
     except UserError:
         raise
     return experiments, runs

@@ -6,8 +6,6 @@ suite is named by its run id and carries the flat config and the final metrics i
 
 from __future__ import annotations
 
-import netrc
-import os
 from typing import Any
 
 import pandas as pd
@@ -18,15 +16,9 @@ SUMMARY_METRICS = ("test_top1", "test_top5", "train_top1", "train_top5", "train_
 
 
 def _logged_in() -> bool:
-    """An API key in the environment or in ~/.netrc (where `wandb login` stores it); no network."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    host = base.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
+    from conadv_repro.tracking import api_key_configured
+
+    return api_key_configured()
 
 
 def load_wandb(entity: str, project: str, scale: str) -> pd.DataFrame:

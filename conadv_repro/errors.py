@@ -6,6 +6,7 @@ entry points turn it into one line on stderr and exit status 2, without a traceb
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -33,3 +34,10 @@ def cli_entry(main: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(error))
 
     return wrapper
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit status 2, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")

@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from conadv_repro.errors import UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, cli_entry
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conadv_repro.evaluate", description=__doc__,
+    parser = OneLineParser(prog="python -m conadv_repro.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a run directory written by conadv_repro.train")
     parser.add_argument("--splits", default="test,train", help="comma-separated: test, train, val (default: test,train)")

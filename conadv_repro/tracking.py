@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_PROJECT = "conadv-repro"
-DEFAULT_BASE_URL = "https://api.wandb.ai"
+# The hosts `wandb login` may store a key for when no host is configured: W&B's own, and the one recent
+# wandb releases default to. wandb's default of the installed version is added when it can be read.
+DEFAULT_BASE_URLS = ("https://api.wandb.ai", "https://api.forge.coreweave.com")
 # WANDB_MODE values wandb itself accepts, mapped to ours.
 _ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
               "disabled": "disabled"}
@@ -182,16 +184,26 @@ def api_key_configured(env: Mapping[str, str] | None = None) -> bool:
     settings = _settings_file(env)
     if settings.get("api_key"):
         return True
-    base_url = env.get("WANDB_BASE_URL") or settings.get("base_url") or DEFAULT_BASE_URL
-    host = urlsplit(base_url).netloc
-    if not host:
-        return False
+    configured = env.get("WANDB_BASE_URL") or settings.get("base_url")
+    urls = [configured] if configured else [*DEFAULT_BASE_URLS, _installed_default_base_url()]
+    hosts = {urlsplit(url).netloc for url in urls if url}
     path = env.get("NETRC") or str(Path.home() / (".netrc" if os.name != "nt" else "_netrc"))
     try:
-        creds = netrc.netrc(path).authenticators(host)
+        table = netrc.netrc(path)
     except (OSError, netrc.NetrcParseError):
         return False
-    return bool(creds and creds[2])
+    return any((creds := table.authenticators(host)) and creds[2] for host in hosts if host)
+
+
+def _installed_default_base_url() -> str | None:
+    """The installed wandb's default host, read from its settings model without creating settings."""
+    try:
+        from wandb.sdk.wandb_settings import Settings
+
+        default = Settings.model_fields["base_url"].default
+    except Exception:  # another wandb layout, or no wandb: the known defaults stay
+        return None
+    return default if isinstance(default, str) else None
 
 
 def _settings_file(env: Mapping[str, str]) -> dict[str, str]:
@@ -233,7 +245,8 @@ def wandb_run_ids(run_id: str, attempt: int, started: float | None = None) -> tu
 
 
 def make_tracker(cfg: Any, *, run_id: str, attempt: int, tags: Sequence[str] = (), run_dir: str | Path,
-                 started: float | None = None, env: Mapping[str, str] | None = None) -> Tracker:
+                 started: float | None = None, env: Mapping[str, str] | None = None,
+                 derived: Mapping[str, Any] | None = None) -> Tracker:
     """The tracker of one attempt of run `run_id` (`cfg` its Config; `tags` the experiments using it);
     not started yet. W&B runs write under `<run_dir>/wandb/`."""
     env = os.environ if env is None else env
@@ -243,7 +256,8 @@ def make_tracker(cfg: Any, *, run_id: str, attempt: int, tags: Sequence[str] = (
     run_dir = Path(run_dir).resolve()
     scale = cfg.scale or "free"
     experiment_tags = sorted({str(tag) for tag in tags if tag})
-    config = {**cfg.flat(), "scale": scale, "run_id": run_id, "run_dir": str(run_dir)}
+    config = {**cfg.flat(), "scale": scale, "run_id": run_id, "run_dir": str(run_dir),
+              **{f"derived.{key}": value for key, value in (derived or {}).items()}}
     online_id, offline_id = wandb_run_ids(run_id, attempt, started)
     common: dict[str, Any] = {
         "project": env.get("WANDB_PROJECT") or DEFAULT_PROJECT, "name": run_id, "group": scale,

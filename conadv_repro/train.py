@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conadv_repro.cli_help import options_table
 from conadv_repro.config import Config, config_from_overrides
-from conadv_repro.errors import cli_entry
+from conadv_repro.errors import OneLineParser, cli_entry
 from conadv_repro.presets import table6_hparams
 
 EXAMPLES = """examples:
@@ -36,7 +36,7 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m conadv_repro.train",
         description="Train one run of the ConAdv reproduction suite and write its run directory "
                     "(config.json, metrics.jsonl, record.json, checkpoints/). Run the same command again "

@@ -142,7 +142,8 @@ def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env):
     args = ["table1", "--only", "method=vanilla", "--only", "paper_batch=32k", "--only", "autoaugment=false",
             "--set", "steps=100000", "--runs-dir", str(runs), "--cluster", "local"]
     out = run_cli([*LAUNCH, *args, "--no-wait"], cli_env, tmp_path)
-    assert out.returncode == 0 and "submitted 1 runs in 1 jobs to local" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "submitted 1 run in 1 job to local" in out.stdout, out.stdout + out.stderr
+    assert f"follow them with: python -m conadv_repro.launch status table1 --scale smoke --runs-dir {runs}" in out.stdout
     deadline = time.time() + 120
     status = ""
     while time.time() < deadline:
@@ -156,7 +157,7 @@ def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env):
     lock = json.loads((run_dir.parent / next(p.name for p in run_dir.parent.iterdir()
                                              if (p / "lock.json").exists()) / "lock.json").read_text())
     cancelled = run_cli([*LAUNCH, "cancel", *args], cli_env, tmp_path)
-    assert "cancelled 1 runs" in cancelled.stdout
+    assert "cancelled 1 run " in cancelled.stdout
     for pid in (lock["pid"], lock["local_job_pid"]):
         assert wait_gone(pid), f"process {pid} still runs after cancel"
     after = run_cli([*LAUNCH, "status", *args], cli_env, tmp_path).stdout
@@ -187,6 +188,11 @@ def wait_gone(pid: int, timeout: float = 30) -> bool:
     (["table1", "--cluster", "slurm"], "--cluster slurm but no Slurm controller answers here"),
     (["table1", "--cluster", "moon"], "--cluster 'moon' is not allowed"),
     (["table1", "--set", "optim.nosuch=1"], "unknown config key 'optim.nosuch'"),
+    (["table1", "--set", "method=conadv"], "--set method=... is not allowed"),
+    (["table1", "--scale", "paper", "--data-root", "/nonexistent"], "--data-root /nonexistent holds no ImageNet"),
+    (["table1", "--dry-run", "--cluster", "moon"], "--cluster 'moon' is not allowed"),
+    (["table1", "--dry-run", "--profile", "nosuch"], "unknown profile 'nosuch'"),
+    (["table1", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_input_is_one_line_and_submits_nothing(tmp_path, cli_env, args, fragment):
     profiles = tmp_path / "profiles"
@@ -201,3 +207,31 @@ def test_bad_input_is_one_line_and_submits_nothing(tmp_path, cli_env, args, frag
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path, cli_env):
+    runs = tmp_path / "runs"
+    select = ["--only", "method=vanilla", "--only", "paper_batch=1k,4k", "--only", "autoaugment=false"]
+    common = ["table1", *select, "--set", "steps=100000", "--runs-dir", str(runs), "--cluster", "local"]
+    out = run_cli([*LAUNCH, *common, "--runs-per-job", "2", "--no-wait"], cli_env, tmp_path)
+    assert "submitted 2 runs in 1 job to local" in out.stdout, out.stdout + out.stderr
+    status_args = [*LAUNCH, "status", "table1", *select, "--set", "steps=100000", "--runs-dir", str(runs)]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        lines = run_cli(status_args, cli_env, tmp_path).stdout.splitlines()
+        if lines and lines[-1] == "2 runs: 1 running, 1 queued":
+            break
+        time.sleep(1)
+    assert lines[-1] == "2 runs: 1 running, 1 queued", lines
+    queued_batch = "4k" if lines[0].startswith("running") and " 1k " in lines[0] else "1k"
+    cancel = ["cancel", "table1", "--only", "method=vanilla", "--only", f"paper_batch={queued_batch}",
+              "--only", "autoaugment=false", "--set", "steps=100000", "--runs-dir", str(runs)]
+    first = run_cli([*LAUNCH, *cancel], cli_env, tmp_path)
+    assert "1 queued run left the jobs that also hold other runs" in first.stdout, first.stdout
+    time.sleep(2)
+    lines = run_cli(status_args, cli_env, tmp_path).stdout.splitlines()
+    assert lines[-1] == "2 runs: 1 running, 1 unfinished", lines
+    run_cli([*LAUNCH, "cancel", "table1", *select, "--set", "steps=100000", "--runs-dir", str(runs)], cli_env,
+            tmp_path)
+    time.sleep(2)
+    assert run_cli(status_args, cli_env, tmp_path).stdout.splitlines()[-1] == "2 runs: 2 unfinished"

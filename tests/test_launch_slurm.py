@@ -60,7 +60,8 @@ def test_a_failing_job_is_shown_failed_with_its_log_tail(tmp_path, cli_env, slur
 
 def test_a_preempted_job_requeues_resumes_and_ends_bit_identical(tmp_path, slurm_partition):
     runs = tmp_path / "runs"
-    sets = parse_sets(["steps=400", "runtime.threads=1", "runtime.checkpoint_every=10"])
+    # Long enough (about 15 s) that the preemption always lands mid-run, after the first checkpoint.
+    sets = parse_sets(["steps=1500", "runtime.threads=1", "runtime.checkpoint_every=10"])
     (run,) = apply_filters(expand(load_experiments(["table1"]), scale="smoke", runs_dir=runs, sets=sets),
                            ["method=vanilla", "paper_batch=32k", "autoaugment=false"])
     args = argparse.Namespace(runs_dir=runs, scale="smoke", runs_per_job=0)

@@ -81,11 +81,13 @@ def test_scale_batch_rule():
     assert scale_batch("cifar10", "32k") == 1152
 
 
-def test_paper_scale_resolves_exactly_to_table6():
+def test_paper_scale_resolves_exactly_to_table6(tmp_path):
     from conadv_repro.engine.trainer import derive
 
+    for part in ("train", "val"):
+        (tmp_path / part).mkdir()
     for batch, (lr, warmup) in {"32k": (35.0, 40.0), "64k": (41.0, 41.0), "96k": (43.0, 41.0)}.items():
-        run = next(r for r in runs_of(["table1"], scale="paper", data_root="/imagenet")
+        run = next(r for r in runs_of(["table1"], scale="paper", data_root=str(tmp_path))
                    if r.config.paper_batch == batch and r.config.method == "vanilla")
         cfg = run.config
         derived = derive(cfg, 1_278_167)
@@ -93,7 +95,7 @@ def test_paper_scale_resolves_exactly_to_table6():
         assert cfg.batch_size == int(batch[:-1]) * 1024 and cfg.epochs == 90
         assert cfg.optim.name == "lars" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 5e-4
         assert cfg.optim.label_smoothing == 0.1 and cfg.model.name == "resnet50" and cfg.bn.group_size == 64
-        assert cfg.data == "imagenet" and cfg.data_root == "/imagenet"
+        assert cfg.data == "imagenet" and cfg.data_root == str(tmp_path)
     with pytest.raises(UserError, match="--scale paper needs the ImageNet folder"):
         runs_of(["table1"], scale="paper")
 
@@ -128,3 +130,19 @@ def test_filters_on_fields_and_labels():
 def test_grid_configs_are_plain_data_that_rebuild():
     for run in runs_of(["table5"]):
         assert build_config(run.config.flat()) == run.config
+
+
+def test_three_way_bn_variation_touches_only_autoaugment_adversarial_runs():
+    base = {r.run_id for r in runs_of(["table1", "table2"])}
+    varied = runs_of(["table1", "table2"], sets=parse_sets(["bn.three_way=true"]))
+    changed = [r for r in varied if r.run_id not in base]
+    assert changed and all(r.config.method == "conadv" and r.config.autoaugment and r.config.bn.three_way
+                           for r in changed)
+    assert len(changed) == 7  # Table 2's ConAdv + AA row
+
+
+def test_status_plans_without_the_dataset():
+    runs = expand(load_experiments(["table1"]), scale="paper", runs_dir=Path("runs"), sets={}, check_data=False)
+    assert len(runs) == 28
+    with pytest.raises(UserError, match="holds no ImageNet"):
+        runs_of(["table1"], scale="paper", data_root="/nonexistent")

@@ -65,6 +65,9 @@ def test_table4_gap_table6_and_only_own_files_rewritten(smoke_runs, tmp_path, cl
         for batch in ("32k", "64k"):
             cell = gap[(gap.row == row) & (gap.column == batch)].set_index("metric")["ours_mean"]
             assert abs(cell["gap"] - (cell["train_top1"] - cell["test_top1"])) < 1e-9
+    only6 = make_tables(["--runs-dir", str(smoke_runs), "--out", str(tmp_path / "r6"), "--experiments", "table6",
+                         "--quiet"], cli_env, tmp_path)
+    assert only6.returncode == 0 and (tmp_path / "r6" / "smoke" / "table6.md").exists(), only6.stderr
     table6 = (results / "smoke" / "table6.md").read_text()
     assert "| Peak LR | 4 / 35 | 4 / 41 | missing / 43 |" in table6
     before = (results / "smoke" / "table2.md").stat().st_mtime_ns
@@ -79,7 +82,9 @@ def test_bad_input_is_one_line(smoke_runs, tmp_path, cli_env):
     (tmp_path / "afile").write_text("x")
     env = {**cli_env, "HOME": str(tmp_path), "WANDB_API_KEY": ""}
     cases = [
-        (["--runs-dir", str(tmp_path / "empty")], "no finished runs in"),
+        (["--runs-dir", str(tmp_path / "empty")], "no runs in"),
+        (["--runs-dir", str(smoke_runs), "--experiments", ""], "names nothing"),
+        (["--runs-dir", str(smoke_runs), "--bogus"], "unrecognized arguments: --bogus"),
         (["--runs-dir", str(smoke_runs), "--experiments", "table9"], "unknown experiment 'table9'"),
         (["--runs-dir", str(smoke_runs), "--out", str(tmp_path / "afile" / "results")], "cannot be created"),
         (["--source", "wandb", "--entity", "e", "--project", "p"], "needs a W&B login"),

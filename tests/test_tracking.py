@@ -334,3 +334,19 @@ def test_the_launcher_tags_a_run_with_every_experiment_using_it(tmp_path):
     assert shared, "table1 shares no run with another experiment at smoke scale"
     for run in shared:
         assert tags[run.run_id] == tuple(sorted({use[0] for use in run.uses}))
+
+
+def test_a_login_to_the_installed_wandbs_default_host_is_found(tmp_path):
+    from conadv_repro.tracking import _installed_default_base_url, api_key_configured
+
+    netrc_file = tmp_path / "netrc"
+    for url in ("https://api.wandb.ai", "https://api.forge.coreweave.com", _installed_default_base_url()):
+        if not url:
+            continue
+        host = url.split("://", 1)[1]
+        netrc_file.write_text(f"machine {host}\n  login user\n  password abcdef0123456789\n")
+        netrc_file.chmod(0o600)
+        env = {"NETRC": str(netrc_file), "WANDB_CONFIG_DIR": str(tmp_path / "cfg")}
+        assert api_key_configured(env), host
+    netrc_file.write_text("machine example.org\n  login user\n  password x\n")
+    assert not api_key_configured({"NETRC": str(netrc_file), "WANDB_CONFIG_DIR": str(tmp_path / "cfg")})

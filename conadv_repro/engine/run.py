@@ -108,7 +108,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
     }
     rd.write_record(record)
     tracker = make_tracker(cfg, run_id=name, attempt=record["attempts"], tags=tags, run_dir=rd.path,
-                           started=record["started"]).start()
+                           started=record["started"], derived=derived.as_dict()).start()
     try:
         return _train_steps(trainer, rd, record, log, lock, tracker, elapsed0, epoch_times, log_window)
     finally:

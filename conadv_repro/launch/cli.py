@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from conadv_repro.config import format_batch
-from conadv_repro.errors import UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, cli_entry
 from conadv_repro.launch.plan import PlannedRun, apply_filters, check_scale, expand, parse_sets
 from conadv_repro.launch.states import RunState, SlurmJobs, run_state, summary_line
 from conadv_repro.presets import LAUNCH_SCALES, SCALE_DESCRIPTIONS
@@ -33,7 +33,7 @@ COMMANDS = ("status", "cancel")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m conadv_repro.launch", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="scales:\n" + "\n".join(f"  {s:8s} {d}" for s, d in SCALE_DESCRIPTIONS.items()))
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", default=None,
                         help="slurm, local or debug (default: slurm where a Slurm controller answers, else local)")
     parser.add_argument("--profile", default=None, help="slurm/profiles/NAME.toml (partition, GPUs, time...)")
-    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+    parser.add_argument("--only", action="extend", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="keep runs whose config field or label (experiment, row, column) is one of the values")
-    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+    parser.add_argument("--set", action="extend", nargs="+", default=[], dest="sets", metavar="KEY=VALUE",
                         help="a variation: set a config key on the runs whose method uses it (new run ids)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories live (default: runs)")
     parser.add_argument("--data-root", default="", help="dataset folder (ImageNet at the paper scale)")
@@ -60,14 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan(args: argparse.Namespace) -> list[PlannedRun]:
+def plan(args: argparse.Namespace, *, check_data: bool = True) -> list[PlannedRun]:
     check_scale(args.scale)
     if not args.experiments:
         raise UserError(f"name an experiment; allowed: {', '.join(experiment_names())}, all")
     experiments = load_experiments(args.experiments)
     runs = expand(experiments, scale=args.scale, runs_dir=args.runs_dir, sets=parse_sets(args.sets),
-                  data_root=args.data_root)
+                  data_root=args.data_root, check_data=check_data)
     return apply_filters(runs, args.only)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def follow_up(command: str, args: argparse.Namespace) -> str:
+    """The same selection as this launch, for status or cancel."""
+    parts = ["python -m conadv_repro.launch", command, *args.experiments, "--scale", args.scale]
+    if args.runs_dir != Path("runs"):
+        parts += ["--runs-dir", str(args.runs_dir)]
+    if args.only:
+        parts += ["--only", *args.only]
+    if args.sets:
+        parts += ["--set", *args.sets]
+    return " ".join(parts)
 
 
 def describe(run: PlannedRun, state: RunState) -> str:
@@ -92,54 +108,68 @@ def cmd_list(args: argparse.Namespace) -> int:
     for experiment in load_experiments(["all"]):
         counts = []
         for scale in LAUNCH_SCALES:
-            root = args.data_root or "DATA"
-            counts.append(f"{scale} {len(expand([experiment], scale=scale, runs_dir=args.runs_dir, sets={}, data_root=root))}")
+            runs = expand([experiment], scale=scale, runs_dir=args.runs_dir, sets={}, check_data=False)
+            counts.append(f"{scale} {len(runs)}")
         print(f"  {experiment.name:8s} {experiment.description}  [{', '.join(counts)}]")
     total = []
     for scale in LAUNCH_SCALES:
-        total.append(f"{scale} {len(expand(load_experiments(['all']), scale=scale, runs_dir=args.runs_dir, sets={}, data_root='DATA'))}")
+        runs = expand(load_experiments(["all"]), scale=scale, runs_dir=args.runs_dir, sets={}, check_data=False)
+        total.append(f"{scale} {len(runs)}")
     print(f"  {'all':8s} every experiment, shared runs once  [{', '.join(total)}]")
     return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from conadv_repro.launch import submit
+    from conadv_repro.launch.profiles import load_profile
+
     runs = plan(args)
+    profile = load_profile(args.profile)
+    if args.dry_run and args.cluster is None:
+        # A guess from PATH alone: asking the controller (sinfo) can take seconds, and a plan must be quick.
+        cluster = "slurm" if shutil.which("sbatch") else "local"
+    else:
+        cluster = submit.choose_cluster(args.cluster)
+    submit.check_profile(profile, cluster)
     jobs = SlurmJobs()
     states = [run_state(run.run_dir, jobs) for run in runs]
     todo_states = ("missing", "unfinished", *(("failed",) if args.retry_failed else ()))
     todo = [run for run, state in zip(runs, states, strict=True) if state.state in todo_states]
+    summary = summary_line([s.state for s in states])
     if args.dry_run:
         print_runs(runs, states)
-        # A guess from PATH alone: asking the controller (sinfo) can take seconds, and a plan must be quick.
-        cluster = args.cluster or ("slurm" if shutil.which("sbatch") else "local")
         groups = group_runs(todo, cluster, args)
-        print(f"a launch would submit {len(todo)} run{'s' if len(todo) != 1 else ''} in {len(groups)} "
-              f"job{'s' if len(groups) != 1 else ''} to {cluster} (scale {args.scale}, runs in {args.runs_dir})")
-        print(summary_line([s.state for s in states]))
+        print(f"a launch would submit {plural(len(todo), 'run')} in {plural(len(groups), 'job')} to {cluster} "
+              f"(scale {args.scale}, runs in {args.runs_dir})")
+        print(summary)
         return 0
-    from conadv_repro.launch import submit
-    from conadv_repro.launch.profiles import load_profile
-
-    cluster = submit.choose_cluster(args.cluster)
-    profile = load_profile(args.profile)
     if not todo:
         print_runs(runs, states)
-        print("nothing to submit: every run is finished, failed, diverged, queued or running")
-        print(summary_line([s.state for s in states]))
+        failed = sum(s.state == "failed" for s in states)
+        hint = f"; {plural(failed, 'failed run')} would be retried with --retry-failed" if failed else ""
+        print(f"nothing to submit: every run is finished, failed, diverged, queued or running{hint}")
+        print(summary)
         return 0
     submitted = submit_runs(todo, cluster, profile, args)
+    if not submitted:
+        print(summary_line([run_state(run.run_dir, SlurmJobs()).state for run in runs]))
+        return 0
     wait = args.wait if args.wait is not None else cluster != "slurm"
-    if wait:
+    if not wait:
+        print(f"follow them with: {follow_up('status', args)}")
+        return 0
+    try:
         failures = wait_for(submitted)
-        states = [run_state(run.run_dir, SlurmJobs()) for run in runs]
-        print_runs(runs, states)
-        print(summary_line([s.state for s in states]))
-        return 1 if failures else 0
-    ids = sorted({job.job_id for job, _ in submitted})
-    print(f"submitted {len(todo)} runs in {len(ids)} jobs to {cluster}: {', '.join(ids)}")
-    print(f"follow them with: python -m conadv_repro.launch status {' '.join(args.experiments)} "
-          f"--scale {args.scale}")
-    return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: the local jobs stop with this launcher; run the same command again to resume "
+              "them from their checkpoints", file=sys.stderr)
+        return 130
+    states = [run_state(run.run_dir, SlurmJobs()) for run in runs]
+    print_runs(runs, states)
+    if failures:
+        print(f"details of failed runs: {follow_up('status', args)}")
+    print(summary_line([s.state for s in states]))
+    return 1 if failures else 0
 
 
 def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -> list[list[PlannedRun]]:
@@ -184,6 +214,9 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
             claimed.append((run, token))
         else:
             print(f"skipping {run.run_id}: another launch or process holds it")
+    if not claimed:
+        print("nothing submitted: another launch or process holds every run")
+        return []
     tokens = {id(run): token for run, token in claimed}
     groups = group_runs([run for run, _ in claimed], cluster, args)
     folder = args.runs_dir / args.scale / "_jobs"
@@ -211,7 +244,9 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
         for run, token in claimed:
             release_claim(run.run_dir, token)
         raise
-    print(f"submitted {len(claimed)} runs in {len(jobs_made)} jobs to {cluster}")
+    ids = ", ".join(str(job.job_id) for job, _ in jobs_made)
+    print(f"submitted {plural(len(claimed), 'run')} in {plural(len(jobs_made), 'job')} to {cluster}"
+          + (f": {ids}" if ids and cluster == "slurm" else ""))
     return jobs_made
 
 
@@ -220,10 +255,9 @@ def wait_for(submitted: list[tuple[Any, list[PlannedRun]]]) -> int:
     for job, _group in submitted:
         try:
             job.result()
-        except Exception as error:  # reported per run below, from the records
+        except Exception:  # each run's state and error are in its record, shown below and by status
             failures += 1
-            message = str(error).strip().splitlines()
-            print(f"job {job.job_id} failed: {message[-1] if message else type(error).__name__}")
+            print(f"job {job.job_id} failed")
     return failures
 
 
@@ -238,7 +272,7 @@ def log_file(state: RunState) -> Path | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    runs = plan(args)
+    runs = plan(args, check_data=False)
     jobs = SlurmJobs()
     states = [run_state(run.run_dir, jobs) for run in runs]
     for run, state in zip(runs, states, strict=True):
@@ -261,25 +295,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from conadv_repro.engine.lock import release_claim
+    """Cancel the selected runs. A run queued in a job that also holds runs outside the selection only
+    loses its claim (the job skips it); a job is cancelled when it holds nothing else, or when a selected
+    run is training in it (the other runs of that job are then stopped too, and said so)."""
+    from conadv_repro.engine.lock import read_lock, release_claim
 
-    runs = plan(args)
+    runs = plan(args, check_data=False)
     jobs = SlurmJobs()
     states = [run_state(run.run_dir, jobs) for run in runs]
-    slurm_ids, pids = set(), set()
-    cancelled = []
-    for run, state in zip(runs, states, strict=True):
-        if state.state not in ("queued", "running") or state.lock is None:
+    live = [(run, state) for run, state in zip(runs, states, strict=True)
+            if state.state in ("queued", "running") and state.lock is not None]
+    selected = {run.run_dir for run, _ in live}
+    by_job: dict[str, list[tuple[PlannedRun, RunState]]] = {}
+    for run, state in live:
+        by_job.setdefault(job_key(state.lock), []).append((run, state))
+    others = other_runs_of_jobs(args.runs_dir / args.scale, set(by_job), selected, read_lock)
+    slurm_ids, pids, released, stopped_too = set(), set(), 0, 0
+    for key, members in by_job.items():
+        training = any(state.state == "running" for _, state in members)
+        if others.get(key) and not training:
+            for run, _ in members:  # the job trains its other runs and skips these
+                released += release_claim(run.run_dir)
             continue
-        lock = state.lock
-        if lock.get("slurm_job_id"):
-            slurm_ids.add(str(lock["slurm_job_id"]))
-        # A local job: its controller and the training process. SIGKILL, because submitit's jobs ignore
-        # SIGTERM (Slurm sends it before a preemption); the run resumes from its last checkpoint.
-        for key in ("local_job_pid", "pid"):
-            if isinstance(lock.get(key), int) and lock.get("host") == socket.gethostname():
-                pids.add(int(lock[key]))
-        cancelled.append(run)
+        stopped_too += len(others.get(key, []))
+        for _, state in members:
+            lock = state.lock or {}
+            if lock.get("slurm_job_id"):
+                slurm_ids.add(str(lock["slurm_job_id"]))
+            # A local job: its controller and its training process. SIGKILL, because submitit's jobs ignore
+            # SIGTERM (Slurm sends it before a preemption); the runs resume from their last checkpoints.
+            for field in ("local_job_pid", "pid"):
+                if isinstance(lock.get(field), int) and lock.get("host") == socket.gethostname():
+                    pids.add(int(lock[field]))
     if slurm_ids:
         subprocess.run(["scancel", *sorted(slurm_ids)], check=False)
     for pid in pids:
@@ -287,11 +334,34 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for run in cancelled:
+    for run, _ in live:
         release_claim(run.run_dir)
-    what = ", ".join(sorted(slurm_ids) + [f"pid {p}" for p in sorted(pids)]) or "nothing"
-    print(f"cancelled {len(cancelled)} runs ({what}); their claims are released")
+    what = ", ".join(sorted(slurm_ids) + [f"pid {p}" for p in sorted(pids)]) or "no job"
+    print(f"cancelled {plural(len(live), 'run')} ({what}); their claims are released")
+    if released:
+        print(f"{plural(released, 'queued run')} left the jobs that also hold other runs; those jobs go on")
+    if stopped_too:
+        print(f"also stopped: {plural(stopped_too, 'other run')} of the same jobs (the next launch resumes them)")
     return 0
+
+
+def job_key(lock: dict | None) -> str:
+    lock = lock or {}
+    return str(lock.get("slurm_job_id") or lock.get("local_job_pid") or lock.get("pid") or "")
+
+
+def other_runs_of_jobs(scale_dir: Path, keys: set[str], selected: set[Path], read_lock) -> dict[str, list[Path]]:
+    """Run directories outside the selection whose live lock or claim names one of the jobs `keys`."""
+    found: dict[str, list[Path]] = {}
+    if not scale_dir.is_dir():
+        return found
+    for run_dir in scale_dir.iterdir():
+        if run_dir in selected or not (run_dir / "lock.json").exists():
+            continue
+        key = job_key(read_lock(run_dir))
+        if key in keys and run_state(run_dir).state in ("queued", "running"):
+            found.setdefault(key, []).append(run_dir)
+    return found
 
 
 @cli_entry

@@ -46,13 +46,14 @@ class PlannedRun:
                 "batch_size": cfg.batch_size, "epsilon": epsilon, "seed": cfg.seed, "scale": cfg.scale}
 
 
-def applies_to(key: str, method: str) -> bool:
-    """A `--set` key changes only the runs whose method uses it, so vanilla's ids stay put."""
+def applies_to(key: str, method: str, autoaugment: bool = False) -> bool:
+    """A `--set` key changes only the runs that use it (the methods with an attack, and for
+    bn.three_way the AutoAugment ones among them), so the other runs' ids stay put."""
     if not key.startswith(METHOD_SPECIFIC):
         return True
     prefixes = METHOD_KEYS.get(method, ())
     if key == "bn.three_way":
-        return bool(prefixes)
+        return bool(prefixes) and autoaugment
     return key.startswith(prefixes) if prefixes else False
 
 
@@ -61,13 +62,31 @@ def check_scale(scale: str) -> None:
         raise UserError(f"--scale {scale!r} is not allowed; allowed: {', '.join(LAUNCH_SCALES)}")
 
 
+DATA_LAYOUT = {"imagenet": ("train", "val"), "cifar10": ("cifar-10-batches-py",)}
+
+
+def check_data_root(scale: str, data_root: str) -> None:
+    """The dataset a scale needs is where the user says, before anything is submitted."""
+    what = {"paper": "imagenet", "cifar10": "cifar10"}.get(scale)
+    if what is None:
+        return
+    name = "ImageNet" if what == "imagenet" else "CIFAR-10"
+    if not data_root:
+        raise UserError(f"--scale {scale} needs the {name} folder: add --data-root DIR")
+    missing = [part for part in DATA_LAYOUT[what] if not (Path(data_root) / part).is_dir()]
+    if missing:
+        raise UserError(f"--data-root {data_root} holds no {name} ({', '.join(m + '/' for m in missing)} missing); expected "
+                        + ("DIR/train/<wnid>/ and DIR/val/<wnid>/" if what == "imagenet"
+                           else "DIR/cifar-10-batches-py/"))
+
+
 def expand(experiments: Iterable[Experiment], *, scale: str, runs_dir: Path, sets: Mapping[str, str],
-           data_root: str = "") -> list[PlannedRun]:
-    """Every run of the experiments at `scale`, each once, in declaration order."""
+           data_root: str = "", check_data: bool = True) -> list[PlannedRun]:
+    """Every run of the experiments at `scale`, each once, in declaration order. `check_data=False`
+    (status, cancel, the analysis) plans without the dataset: its path is not part of a run's id."""
     check_scale(scale)
-    if scale in ("paper", "cifar10") and not (data_root or sets.get("data_root")):
-        what = "ImageNet" if scale == "paper" else "CIFAR-10"
-        raise UserError(f"--scale {scale} needs the {what} folder: add --data-root DIR")
+    if check_data:
+        check_data_root(scale, data_root or str(sets.get("data_root", "")))
     runs: dict[str, PlannedRun] = {}
     for experiment in experiments:
         for cell in experiment.cells:
@@ -79,7 +98,8 @@ def expand(experiments: Iterable[Experiment], *, scale: str, runs_dir: Path, set
                 if data_root:
                     values["data_root"] = data_root
                 method = str(values.get("method", "vanilla"))
-                values.update({k: v for k, v in sets.items() if applies_to(k, method)})
+                aa = bool(values.get("autoaugment", False))
+                values.update({k: v for k, v in sets.items() if applies_to(k, method, aa)})
                 cfg = build_config(values)
                 run_id = cfg.run_id()
                 if run_id not in runs:
@@ -92,7 +112,7 @@ def parse_sets(items: Iterable[str]) -> dict[str, str]:
     """`--set key=value` items: config keys only (checked here, typed by build_config later)."""
     sets = parse_overrides(items)
     for key in sets:
-        if key in ("scale", "paper_batch", "batch_size"):
+        if key in ("scale", "paper_batch", "batch_size", "method", "autoaugment"):
             raise UserError(f"--set {key}=... is not allowed: the grid decides it (use --scale, --only)")
     return sets
 

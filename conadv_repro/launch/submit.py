@@ -54,8 +54,16 @@ class RunJob:
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        from conadv_repro.engine.lock import read_lock
+
         results, failures = [], []
         for spec in self.specs:
+            holder = read_lock(Path(spec.run_dir))
+            if holder is None or holder.get("token") != spec.token:
+                # `launch cancel` took this run out of the job (or someone else owns it now): skip it.
+                print(f"skipping {spec.run_dir}: its claim was cancelled or taken over", flush=True)
+                results.append({"run_dir": spec.run_dir, "status": "skipped"})
+                continue
             cfg = config_from_dict(spec.config)
             try:
                 record = run_training(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
@@ -76,6 +84,14 @@ class RunJob:
 
         mark_requeued()
         return submitit.helpers.DelayedSubmission(RunJob(self.specs, self.threads))
+
+
+def check_profile(profile: Profile, cluster: str) -> None:
+    """A run trains on one device in this release: a profile asking for more GPUs per job would hold
+    GPUs it never uses."""
+    if cluster == "slurm" and profile.gpus_per_node > 1:
+        raise UserError(f"profile {profile.name}: gpus_per_node={profile.gpus_per_node}, but a run trains on one "
+                        "GPU in this release (multi-device training is not in it yet); set gpus_per_node = 1")
 
 
 def slurm_answers() -> bool:
