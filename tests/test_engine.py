@@ -109,3 +109,22 @@ def test_the_engine_has_no_method_branches():
     # The loop asks a strategy object; it never tests which method it runs.
     source = Path(run_module.__file__).read_text() + Path(run_module.__file__).with_name("trainer.py").read_text()
     assert "method ==" not in source and "cfg.method ==" not in source
+
+
+def tiny_net(*, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """A user's own network, named by import path (its BatchNorm becomes a split ghost BN)."""
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, num_classes))
+
+
+def test_a_network_named_by_import_path_trains(tmp_path: Path):
+    from conadv_repro.model.split_bn import split_bn_modules
+
+    cfg = config_from_overrides([*FAST, "steps=3", "model.name=tests.test_engine:tiny_net"])
+    trainer = Trainer(cfg, log=quiet)
+    assert len(list(split_bn_modules(trainer.model))) == 1
+    record = run_training(cfg, tmp_path / "run", log=quiet)
+    assert record["status"] == "finished"
+    with pytest.raises(UserError, match="model.name 'nosuch_pkg:build' cannot be imported"):
+        Trainer(config_from_overrides([*FAST, "model.name=nosuch_pkg:build"]), log=quiet)
