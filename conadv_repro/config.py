@@ -32,6 +32,7 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "vanilla": (),
     "disadv": ("attack.",),
     "conadv": ("attack.", "conadv."),
+    "noise": ("attack.",),
 }
 METHODS = tuple(METHOD_KEYS)
 METHOD_SPECIFIC = ("attack.", "conadv.", "bn.three_way")
@@ -163,7 +164,8 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class Config:
     method: str = _f("vanilla", "training method: vanilla, disadv (attack batch t with theta_t), conadv "
-                     "(attack batch t with theta_(t-tau), concurrently with the update)", choices=METHODS)
+                     "(attack batch t with theta_(t-tau), concurrently with the update), noise (the control: "
+                     "DisAdv's two branches with a random +-epsilon perturbation)", choices=METHODS)
     autoaugment: bool = _f(False, "train on AutoAugment (ImageNet policy) images instead of the originals")
     data: str = _f("digits", "dataset: digits (embedded, scikit-learn's 8x8 digits), cifar10, imagenet, "
                    "or your own builder as pkg.module:build", choices=("digits", "cifar10", "imagenet"),

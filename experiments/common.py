@@ -33,7 +33,7 @@ def method_overrides(method: str, autoaugment: bool, paper_batch: str) -> dict[s
     out: dict[str, Any] = {"method": method}
     if autoaugment:
         out["autoaugment"] = True
-    if method in ("disadv", "conadv"):
+    if method in ("disadv", "conadv", "noise"):
         out["attack.epsilon"] = epsilon_for(autoaugment, paper_batch)
     return out
 

@@ -169,3 +169,27 @@ def test_conadv_checkpoint_holds_the_snapshots_and_resumes_them():
             assert torch.equal(fresh.method.snapshots[s].state_dict()[key], value)
     t.close()
     fresh.close()
+
+
+def test_the_noise_control_perturbs_by_a_random_corner_of_the_same_ball():
+    t = trainer("method=noise", "attack.epsilon=4")
+    t.open_batches(0)
+    micro = t.to_device(next(t.batches))
+    clean, noisy = t.method.branches(micro)
+    assert clean.bn == "main" and noisy.bn == "aux" and torch.equal(clean.inputs, micro.inputs)
+    g = t.method.geometry
+    delta = noisy.inputs - micro.inputs
+    inside = (noisy.inputs > g.low + 1e-6) & (noisy.inputs < g.high - 1e-6)
+    torch.testing.assert_close(delta.abs()[inside], g.epsilon.expand_as(delta)[inside])
+    # Keyed per example: a micro-batch split gives the same perturbation.
+    half = type(micro)(micro.key, micro.inputs[:16], micro.targets[:16], micro.indices[:16])
+    assert torch.equal(t.method.perturbed(half), noisy.inputs[:16])
+    t.close()
+
+
+def test_the_noise_control_at_epsilon_0_is_the_clean_batch_twice():
+    noise = train(trainer("method=noise", "attack.epsilon=0"))
+    ref = trainer("method=vanilla")
+    ref.method = TwiceClean(ref.method.ctx)
+    train(ref)
+    assert_same_weights(noise, ref)

@@ -41,7 +41,7 @@ class PlannedRun:
 
     def labels(self) -> dict[str, Any]:
         cfg = self.config
-        epsilon = cfg.attack.epsilon if cfg.method in ("disadv", "conadv") else None
+        epsilon = cfg.attack.epsilon if METHOD_KEYS.get(cfg.method) else None
         return {"method": cfg.method, "autoaugment": cfg.autoaugment, "paper_batch": cfg.paper_batch,
                 "batch_size": cfg.batch_size, "epsilon": epsilon, "seed": cfg.seed, "scale": cfg.scale}
 

@@ -6,9 +6,10 @@ from conadv_repro.errors import UserError
 from conadv_repro.methods.base import Branch, Method, MethodContext
 from conadv_repro.methods.conadv import ConAdv
 from conadv_repro.methods.disadv import DisAdv
+from conadv_repro.methods.noise import NoiseControl
 from conadv_repro.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, DisAdv, ConAdv)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Vanilla, DisAdv, ConAdv, NoiseControl)}
 
 
 def build_method(ctx: MethodContext) -> Method:
