@@ -128,3 +128,35 @@ def test_a_network_named_by_import_path_trains(tmp_path: Path):
     assert record["status"] == "finished"
     with pytest.raises(UserError, match="model.name 'nosuch_pkg:build' cannot be imported"):
         Trainer(config_from_overrides([*FAST, "model.name=nosuch_pkg:build"]), log=quiet)
+
+
+def test_images_per_second_counts_only_the_steps_of_its_window(tmp_path: Path):
+    # Checkpoints every 3 steps restart the timing window; the rate must count the steps since then.
+    cfg = config_from_overrides([*FAST, "steps=30", "runtime.log_every=10", "runtime.checkpoint_every=3"])
+    run_training(cfg, tmp_path / "run", log=quiet)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    overall = 64 * 30 / train[-1]["elapsed_s"]
+    for row in train:
+        assert row["images_per_s"] < 5 * overall, (row["images_per_s"], overall)
+
+
+def test_a_live_lock_is_refused_before_the_long_setup(tmp_path: Path, monkeypatch):
+    import os
+    import socket
+    import time as time_module
+
+    from conadv_repro.engine.lock import LockHeldError
+
+    cfg = config_from_overrides([*FAST, "steps=2"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "lock.json").write_text(json.dumps({"token": "someone", "pid": os.getpid(), "host": socket.gethostname(),
+                                                   "heartbeat": time_module.time()}))
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the dataset and network were built before the lock was checked")
+
+    monkeypatch.setattr(Trainer, "__init__", no_setup)
+    with pytest.raises(LockHeldError, match="is in use by pid"):
+        run_training(cfg, run_dir, log=quiet)
