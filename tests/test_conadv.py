@@ -193,3 +193,11 @@ def test_the_noise_control_at_epsilon_0_is_the_clean_batch_twice():
     ref.method = TwiceClean(ref.method.ctx)
     train(ref)
     assert_same_weights(noise, ref)
+
+
+def test_a_run_saved_with_the_stream_executor_builds_on_a_cpu_for_evaluation():
+    # The executor is made at the first attack: evaluating needs neither a thread nor a CUDA stream.
+    t = trainer("method=conadv", "conadv.executor=stream")
+    assert t.method._executor is None
+    assert 0 <= t.evaluate("test")["top1"] <= 100
+    t.close()

@@ -235,3 +235,14 @@ def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path
             tmp_path)
     time.sleep(2)
     assert run_cli(status_args, cli_env, tmp_path).stdout.splitlines()[-1] == "2 runs: 2 unfinished"
+
+
+def test_a_profile_asking_for_several_gpus_per_run_is_refused():
+    from conadv_repro.errors import UserError
+    from conadv_repro.launch.profiles import Profile
+    from conadv_repro.launch.submit import check_profile
+
+    check_profile(Profile(gpus_per_node=1), "slurm")
+    check_profile(Profile(gpus_per_node=8), "local")  # profiles only shape Slurm jobs
+    with pytest.raises(UserError, match="gpus_per_node=8, but a run trains on one GPU"):
+        check_profile(Profile(name="big", gpus_per_node=8), "slurm")
