@@ -7,14 +7,13 @@ failed or diverged are rows with their status, not results.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from conadv_repro.errors import UserError
+from conadv_repro.atomic import read_json_dict, read_jsonl
 from conadv_repro.launch.plan import PlannedRun, expand
 from conadv_repro.launch.states import SlurmJobs, run_state
 from conadv_repro.registry import Experiment, load_experiments
@@ -23,16 +22,9 @@ from conadv_repro.runfiles import CONFIG_FILE, METRICS_FILE
 FINAL_METRICS = ("test_top1", "test_top5", "train_top1", "train_top5", "train_top1_running", "test_loss")
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def run_row(run_dir: Path, jobs: SlurmJobs | None = None) -> dict[str, Any] | None:
     """One run as a flat dict: its config (dotted keys), status, final metrics, wall time, epoch times."""
-    stored = _read(run_dir / CONFIG_FILE)
+    stored = read_json_dict(run_dir / CONFIG_FILE)
     state = run_state(run_dir, jobs)
     if stored is None and state.record is None:
         if state.state in ("queued", "running", "unfinished"):  # claimed or started, nothing written yet
@@ -86,27 +78,11 @@ def load_runs(runs_dir: Path, scales: Iterable[str] | None = None) -> pd.DataFra
 
 def load_curves(run_dir: Path) -> pd.DataFrame:
     """A run's epoch rows (epoch, train and test top-1, losses, elapsed time) from metrics.jsonl."""
-    rows = []
-    try:
-        lines = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return pd.DataFrame()
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get("kind") == "epoch":
-            rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([row for row in read_jsonl(Path(run_dir) / METRICS_FILE) if row.get("kind") == "epoch"])
 
 
 def planned(experiment_names: list[str], scale: str, runs_dir: Path) -> tuple[list[Experiment], list[PlannedRun]]:
     """The experiments and the runs their cells stand for at `scale` (the launcher's own expansion, so
     a table cell finds exactly the run the launcher trained)."""
     experiments = load_experiments(experiment_names)
-    try:
-        runs = expand(experiments, scale=scale, runs_dir=runs_dir, sets={}, check_data=False)
-    except UserError:
-        raise
-    return experiments, runs
+    return experiments, expand(experiments, scale=scale, runs_dir=runs_dir, sets={}, check_data=False)

@@ -72,6 +72,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(handle)
 
 
+def read_json_dict(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when the file is missing, unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
     """Append one JSON line and fsync. A crash can leave at most a partial last line, which
     `read_jsonl` skips; rewriting the file (see `atomic_write_jsonl`) drops it for good."""

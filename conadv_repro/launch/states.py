@@ -12,7 +12,6 @@ Liveness follows conadv_repro/engine/lock.py; Slurm is asked once per call for e
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conadv_repro.atomic import read_json_dict
 from conadv_repro.engine.lock import LOCK_FILE, STALE_AFTER_S, _parse, _read_raw, _stale_reason
 from conadv_repro.runfiles import FINAL_STATES, LAUNCH_FILE, RECORD_FILE
 
@@ -32,15 +32,6 @@ class RunState:
     record: dict[str, Any] | None
     lock: dict[str, Any] | None
     launch: dict[str, Any] | None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class SlurmJobs:
@@ -70,8 +61,8 @@ class SlurmJobs:
 
 
 def run_state(run_dir: Path, jobs: SlurmJobs | None = None) -> RunState:
-    record = _read_json(run_dir / RECORD_FILE)
-    launch = _read_json(run_dir / LAUNCH_FILE)
+    record = read_json_dict(run_dir / RECORD_FILE)
+    launch = read_json_dict(run_dir / LAUNCH_FILE)
     if record is not None and record.get("status") in FINAL_STATES:
         return RunState(record["status"], record, None, launch)
     raw = _read_raw(run_dir / LOCK_FILE)
