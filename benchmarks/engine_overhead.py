@@ -27,7 +27,6 @@ from conadv_repro.data.loader import train_micro_batches
 from conadv_repro.engine.trainer import Trainer, build_optimizer
 from conadv_repro.errors import cli_entry
 from conadv_repro.machine import cpu_name
-from conadv_repro.model.registry import build_model
 
 LONG = "steps=1000000"  # the data stream must outlast every round
 
@@ -67,13 +66,8 @@ class PlainVariant:
 
     def __init__(self, reference: Trainer):
         cfg, bundle, self.device = reference.cfg, reference.bundle, reference.device
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                                 image_size=bundle.image_size, bn_group_size=cfg.bn.group_size,
-                                 bn_momentum=cfg.bn.momentum, bn_eps=cfg.bn.eps).to(self.device)
+        self.model = reference.new_network()
         self.channels_last = reference.channels_last
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg, self.model, reference.derived.peak_lr)
         self.batches = train_micro_batches(bundle, reference.plan, start_step=0,
                                            end_step=reference.derived.total_steps,

@@ -136,15 +136,8 @@ class Trainer:
                                            autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way)
         self.derived = derive(cfg, self.bundle.num_train)
         self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed, dataset=self.bundle.name)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, num_classes=self.bundle.num_classes,
-                                 in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,
-                                 bn_group_size=cfg.bn.group_size, bn_momentum=cfg.bn.momentum,
-                                 bn_eps=cfg.bn.eps, bn_branches=THREE_WAY if cfg.bn.three_way else BRANCHES,
-                                 ).to(self.device)
         self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.new_network()
         self.model.train()
         self.train_model: nn.Module = torch.compile(self.model) if cfg.runtime.compile else self.model
         self.optimizer = build_optimizer(cfg, self.model, self.derived.peak_lr)
@@ -155,6 +148,16 @@ class Trainer:
             cfg=cfg, model=self.model, device=self.device, num_classes=self.bundle.num_classes,
             mean=self.bundle.mean, std=self.bundle.std,
             peek=self._peek, autocast=self.autocast, to_device=self.to_device))
+
+    def new_network(self) -> nn.Module:
+        """The run's network at its initialisation (seeded), on the device in the run's memory format."""
+        cfg, bundle = self.cfg, self.bundle
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                            image_size=bundle.image_size, bn_group_size=cfg.bn.group_size,
+                            bn_momentum=cfg.bn.momentum, bn_eps=cfg.bn.eps,
+                            bn_branches=THREE_WAY if cfg.bn.three_way else BRANCHES).to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     # ----------------------------------------------------------------- helpers shared with methods
     def autocast(self) -> AbstractContextManager[Any]:
