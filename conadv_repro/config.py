@@ -134,8 +134,10 @@ class ConAdvConfig:
                        "the CPU), stream (a side CUDA stream), auto (stream on CUDA, thread on the CPU); "
                        "all give the same numbers", choices=("auto", "sequential", "thread", "stream"),
                        hashed=False)
-    attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run (0: none; multi-process "
-                             "training is not in this release)", minimum=0, hashed=False)
+    attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run: they receive theta_t by "
+                             "broadcast after each update and send the trainers their adversarial examples "
+                             "point to point (0: none, the attack runs on the trainers' executor)",
+                             minimum=0, hashed=False)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,14 @@ class RuntimeConfig:
                           minimum=0, batch=True, hashed=False)
     workers: int = _f(0, "data-loader worker processes", minimum=0, hashed=False)
     threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
+    trainers: int = _f(0, "trainer processes of a multi-process run (one GPU each); the launcher asks for "
+                       "trainers + conadv.attack_workers tasks; 0 = every rank that is not an attack worker "
+                       "(1 when the launcher starts it)", minimum=0, hashed=False)
+    dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on the CPU), nccl, gloo",
+                           choices=("auto", "nccl", "gloo"), hashed=False)
+    dist_timeout_s: float = _f(1800.0, "timeout of every collective and point-to-point transfer, seconds: a "
+                               "lost rank ends the job with an error instead of a hang", positive=True,
+                               hashed=False)
     autocast: str = _f("none", "mixed precision on CUDA: none or bf16 (changes the numbers, so it "
                        "is part of the run id)", choices=("none", "bf16"))
     channels_last: bool = _f(True, "channels_last memory format on CUDA", hashed=False)
@@ -374,9 +384,12 @@ def _validate_cross_fields(cfg: Config) -> None:
         raise UserError(f"conadv.executor={cfg.conadv.executor} cannot run attack.bn_mode=train_moving (the "
                         "attack would write running statistics while the update reads them); allowed: "
                         "conadv.executor=sequential or auto")
-    if cfg.conadv.attack_workers:
-        raise UserError(f"conadv.attack_workers={cfg.conadv.attack_workers}: dedicated attack workers come with "
-                        "multi-process training, which this release does not have yet; allowed: 0")
+    if cfg.conadv.attack_workers and cfg.method != "conadv":
+        raise UserError(f"conadv.attack_workers={cfg.conadv.attack_workers} is for method=conadv, not "
+                        f"method={cfg.method}")
+    if cfg.conadv.attack_workers and cfg.attack.bn_mode == "train_moving":
+        raise UserError("conadv.attack_workers cannot run attack.bn_mode=train_moving (the attackers' statistics "
+                        "would have to move the trainers' running statistics); allowed: train_frozen, eval")
     if cfg.model.width != 16 and cfg.model.name in ("resnet18", "resnet50"):
         raise UserError(f"model.width={cfg.model.width} has no effect on model.name={cfg.model.name} (its widths "
                         "are fixed); it applies to resnet8/14/20/32")
