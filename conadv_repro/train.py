@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   python -m conadv_repro.train                                  # the embedded default, about 25 s on a 2-core CPU
   python -m conadv_repro.train --run-dir runs/aa autoaugment=true
   python -m conadv_repro.train --run-dir runs/r50 scale=paper batch_size=32k data_root=/data/imagenet
+  torchrun --standalone --nproc-per-node 3 -m conadv_repro.train --run-dir runs/w method=conadv \
+      conadv.attack_workers=1 runtime.device=cpu   # 2 trainers (DDP over gloo) + 1 attack worker
 """
 
 
@@ -63,10 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             resolved["lr_rule_gives"] = {"peak_lr": peak_lr, "warmup_epochs": warmup}
         print(json.dumps(resolved, indent=2))
         return 0
+    from conadv_repro.distributed.context import RankLost
+    from conadv_repro.distributed.handshake import FollowerAborted
     from conadv_repro.engine.run import run_training  # torch import only when training
 
     run_dir = args.run_dir or default_run_dir(cfg)
-    record = run_training(cfg, run_dir, log=print_progress)
+    try:
+        record = run_training(cfg, run_dir, log=print_progress)
+    except (RankLost, FollowerAborted) as error:
+        # Another rank failed: say which, in one line; its own log has the details.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
     return 0 if record.get("status") == "finished" else 1
 
 

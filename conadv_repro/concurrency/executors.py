@@ -94,13 +94,19 @@ class StreamExecutor(ThreadExecutor):
         return out
 
 
-def make_executor(name: str, device: torch.device, *, moves_running_stats: bool) -> Any:
+def executor_name(name: str, device: torch.device, *, moves_running_stats: bool) -> str:
     """`auto`: the side stream on CUDA, the worker thread on the CPU; sequential whenever the attack
     writes running statistics (it would race with the update that reads them)."""
     if moves_running_stats:
-        return SequentialExecutor()
+        return "sequential"
     if name == "auto":
-        name = "stream" if device.type == "cuda" else "thread"
+        return "stream" if device.type == "cuda" else "thread"
+    return name
+
+
+def make_executor(name: str, device: torch.device, *, moves_running_stats: bool) -> Any:
+    """The executor `executor_name` resolves to."""
+    name = executor_name(name, device, moves_running_stats=moves_running_stats)
     if name == "sequential":
         return SequentialExecutor()
     if name == "thread":

@@ -173,6 +173,14 @@ def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> tuple[di
     return None
 
 
+def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load one named checkpoint (the one rank 0 chose, for the other trainers of a run)."""
+    try:
+        return _decode(Path(path).read_bytes(), map_location)
+    except _CorruptCheckpoint as error:
+        raise RuntimeError(f"checkpoint {path} does not verify: {error}") from None
+
+
 def _warn_corrupt(path: Path, reason: str) -> None:
     warnings.warn(
         f"checkpoint {path} is corrupt or incomplete ({reason}); falling back to the previous one",

@@ -17,9 +17,12 @@ from typing import Any
 
 from conadv_repro.atomic import append_jsonl
 from conadv_repro.config import Config
+from conadv_repro.distributed.context import DistContext, RankLost, init_distributed, lost_ranks
+from conadv_repro.distributed.handshake import BUILD, DONE, START, Announcer
 from conadv_repro.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from conadv_repro.engine.lock import RunLock, check_not_held
 from conadv_repro.engine.progress import format_duration
+from conadv_repro.engine.ranks import follow, is_transport_error, transport_reason
 from conadv_repro.engine.rundir import RunDirectory, environment_info
 from conadv_repro.engine.trainer import Diverged, Trainer, Window, checkpoint_due, new_progress
 from conadv_repro.tracking import Tracker, make_tracker
@@ -48,16 +51,48 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
                  lock_token: str | None = None, tags: list[str] | None = None) -> dict[str, Any]:
     """Train (or resume, or skip) the run `cfg` in `run_dir`; returns its record. `lock_token` adopts a
     launcher's claim on the directory (see engine/lock.py); `tags` name the experiments that use the run
-    (its W&B tags, see tracking.py)."""
+    (its W&B tags, see tracking.py).
+
+    Started as several processes (torchrun, or the launcher's Slurm tasks), every process calls this:
+    rank 0 leads and writes, the other trainers follow, attack workers attack (engine/ranks.py); a rank
+    that loses the others raises `RankLost` naming the lost rank(s)."""
+    ctx = init_distributed(cfg)
+    try:
+        if ctx.rank == 0:
+            return _lead(cfg, Path(run_dir), ctx, log, lock_token, tags)
+        return follow(cfg, ctx, log)
+    except Exception as error:
+        if ctx.multi and is_transport_error(error):
+            raise RankLost(f"{ctx.name()}: lost contact with rank(s) {lost_ranks(ctx)}: "
+                           f"{transport_reason(error)}") from error
+        raise
+    finally:
+        ctx.close()
+
+
+def _lead(cfg: Config, run_dir: Path, ctx: DistContext, log: Callable[[str], None], lock_token: str | None,
+          tags: list[str] | None) -> dict[str, Any]:
+    announcer = Announcer(ctx)
+    try:
+        return _lead_announced(cfg, run_dir, ctx, announcer, log, lock_token, tags)
+    except BaseException as error:
+        announcer.abort(f"{type(error).__name__}: {error}")
+        raise
+
+
+def _lead_announced(cfg: Config, run_dir: Path, ctx: DistContext, announcer: Announcer,
+                    log: Callable[[str], None], lock_token: str | None, tags: list[str] | None) -> dict[str, Any]:
     rd = RunDirectory(Path(run_dir))
     rd.check_compatible(cfg)
     record = rd.read_record()
     if record and record.get("status") in FINAL_STATES:
         log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
+        announcer.send(DONE, status=record.get("status"))
         return record
     check_not_held(rd.path, lock_token)
+    announcer.send(BUILD)
     try:
-        trainer = Trainer(cfg, log=log)
+        trainer = Trainer(cfg, log=log, dist=ctx)
     except Exception as error:
         # A launched run's directory exists already (its claim made it): record why it could not start,
         # so that status shows it as failed. A run started by hand on bad input stays unwritten.
@@ -72,15 +107,16 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
         record = rd.read_record()  # another process may have finished it while we were building
         if record and record.get("status") in FINAL_STATES:
             log(f"run {rd.path} is already {describe_outcome(record)}; nothing to do")
+            announcer.send(DONE, status=record.get("status"))
             return record
         try:
-            return _train_locked(trainer, rd, record or {}, log, lock, tags or [])
+            return _train_locked(trainer, rd, record or {}, log, lock, tags or [], announcer)
         finally:
             trainer.close()
 
 
 def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
-                  log: Callable[[str], None], lock: RunLock, tags: list[str]) -> dict[str, Any]:
+                  log: Callable[[str], None], lock: RunLock, tags: list[str], announcer: Announcer) -> dict[str, Any]:
     cfg, derived = trainer.cfg, trainer.derived
     if not rd.config_path.exists():
         rd.write_config(cfg, derived.as_dict())
@@ -97,6 +133,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
             log(f"warning: the checkpoint was written with runtime.micro_batch={state['micro_batch']}, this "
                 f"process uses {derived.micro_batch}: the same run up to floating-point summation order, "
                 "but not bit-identical to an uninterrupted one")
+    announcer.send(START, checkpoint=str(loaded[1]) if loaded else None, step=trainer.step)
     rd.truncate_metrics(trainer.step)
     start = trainer.step
     name = cfg.run_id()
@@ -105,6 +142,7 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
         "started": previous.get("started", time.time()), "config": cfg.flat(), "derived": derived.as_dict(),
         "steps_done": start, "total_steps": derived.total_steps, "wall_time_s": elapsed0,
         "epoch_times": epoch_times, "environment": environment_info(trainer.device), "final": None,
+        "distributed": trainer.dist.describe(), "executor": trainer.method.executor_label(),
     }
     rd.write_record(record)
     tracker = make_tracker(cfg, run_id=name, attempt=record["attempts"], tags=tags, run_dir=rd.path,
@@ -136,10 +174,11 @@ def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log
     spe, total = derived.steps_per_epoch, derived.total_steps
     try:
         for step in range(start, total):
-            if lock.lost:
+            trainer.stop_requested = lock.lost  # every trainer learns it in the step's all-reduce
+            out = trainer.train_step(step, trainer.step_batches(step))
+            if out["stop"]:
                 raise LockLost(f"run directory {rd.path} was taken over by another process (or its claim "
                                "was cancelled); stopping without writing to it")
-            out = trainer.train_step(step, trainer.step_batches(step))
             trainer.step = steps_done = step + 1
             for window in (log_window, trainer.epoch_window):
                 window.add(out["examples"], out["correct"], out["loss"], out["branch_loss"])

@@ -25,6 +25,8 @@ from conadv_repro.config import Config, format_batch
 from conadv_repro.data.datasets import DataBundle, build_data
 from conadv_repro.data.loader import MicroBatch, eval_batches, train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
+from conadv_repro.distributed.context import SINGLE, DistContext
+from conadv_repro.distributed.replicas import make_replicas
 from conadv_repro.engine.evaluation import evaluate, topk_correct
 from conadv_repro.engine.progress import ProgressPrinter
 from conadv_repro.errors import UserError
@@ -40,9 +42,12 @@ class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of this process; `local_rank` picks the GPU of a multi-process run's rank."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank) if local_rank else torch.device("cuda")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -67,12 +72,16 @@ class Derived:
     micro_batch: int
     accumulation: int
     lr_rule: str
+    trainers: int = 1
+    attack_workers: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def derive(cfg: Config, num_train: int) -> Derived:
+def derive(cfg: Config, num_train: int, trainers: int = 1, attack_workers: int = 0) -> Derived:
+    """The run's step counts and LR; `micro_batch`/`accumulation` are per trainer (the global batch is
+    trainers x micro_batch x accumulation)."""
     plan = BatchPlan(num_train, cfg.batch_size, cfg.seed, dataset=cfg.data)
     spe = plan.steps_per_epoch
     total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * spe))
@@ -81,10 +90,12 @@ def derive(cfg: Config, num_train: int) -> Derived:
     else:
         peak_lr, warmup_epochs = cfg.optim.lr, cfg.schedule.warmup_epochs
     warmup_steps = min(total, round(warmup_epochs * spe))
-    micro = cfg.runtime.micro_batch or cfg.batch_size
+    local = cfg.batch_size // trainers
+    micro = cfg.runtime.micro_batch or local
     return Derived(num_train=num_train, steps_per_epoch=spe, total_steps=total, peak_lr=peak_lr,
                    warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, micro_batch=micro,
-                   accumulation=cfg.batch_size // micro, lr_rule=cfg.optim.lr_rule)
+                   accumulation=local // micro, lr_rule=cfg.optim.lr_rule, trainers=trainers,
+                   attack_workers=attack_workers)
 
 
 def build_optimizer(cfg: Config, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
@@ -96,6 +107,22 @@ def build_optimizer(cfg: Config, model: nn.Module, peak_lr: float) -> torch.opti
     return LARS(groups, lr=peak_lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                 trust_coefficient=cfg.optim.trust_coefficient, eps=cfg.optim.eps,
                 momentum_form=cfg.optim.momentum_form)
+
+
+def build_network(cfg: Config, bundle: DataBundle, device: torch.device, *, channels_last: bool) -> nn.Module:
+    """A run's network at its initialisation (seeded), on `device` in the run's memory format."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                        image_size=bundle.image_size, bn_group_size=cfg.bn.group_size,
+                        bn_momentum=cfg.bn.momentum, bn_eps=cfg.bn.eps,
+                        bn_branches=THREE_WAY if cfg.bn.three_way else BRANCHES).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def autocast_context(cfg: Config, device: torch.device) -> AbstractContextManager[Any]:
+    if cfg.runtime.autocast == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @dataclass
@@ -126,44 +153,42 @@ class Window:
 class Trainer:
     """Owns the network, optimizer, method and data of one run; `train_step` is one optimizer step."""
 
-    def __init__(self, cfg: Config, *, bundle: DataBundle | None = None, log: Callable[[str], None] = print):
+    def __init__(self, cfg: Config, *, bundle: DataBundle | None = None, log: Callable[[str], None] = print,
+                 dist: DistContext = SINGLE):
         self.cfg = cfg
         self.log = log
+        self.dist = dist
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
-        self.device = resolve_device(cfg.runtime.device)
+        self.device = resolve_device(cfg.runtime.device, dist.local_rank)
         self.bundle = bundle or build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
                                            autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way)
-        self.derived = derive(cfg, self.bundle.num_train)
+        self.derived = derive(cfg, self.bundle.num_train, dist.trainers, dist.attack_workers)
+        self.local_batch = cfg.batch_size // dist.trainers
         self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed, dataset=self.bundle.name)
         self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
         self.model = self.new_network()
         self.model.train()
-        self.train_model: nn.Module = torch.compile(self.model) if cfg.runtime.compile else self.model
         self.optimizer = build_optimizer(cfg, self.model, self.derived.peak_lr)
         self.step = 0
         self.epoch_window = Window()
         self.batches: Any = None
+        self.stop_requested = False  # set by rank 0 (lock lost): every trainer stops after this step
         self.method = build_method(MethodContext(
             cfg=cfg, model=self.model, device=self.device, num_classes=self.bundle.num_classes,
             mean=self.bundle.mean, std=self.bundle.std,
-            peek=self._peek, autocast=self.autocast, to_device=self.to_device))
+            peek=self._peek, autocast=self.autocast, to_device=self.to_device, dist=dist))
+        self.replicas = make_replicas(dist, self.device)
+        wrapped = self.replicas.wrap(self.model, self.method.trained_bn_branches())
+        self.train_model: nn.Module = torch.compile(wrapped) if cfg.runtime.compile else wrapped
 
     def new_network(self) -> nn.Module:
         """The run's network at its initialisation (seeded), on the device in the run's memory format."""
-        cfg, bundle = self.cfg, self.bundle
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                            image_size=bundle.image_size, bn_group_size=cfg.bn.group_size,
-                            bn_momentum=cfg.bn.momentum, bn_eps=cfg.bn.eps,
-                            bn_branches=THREE_WAY if cfg.bn.three_way else BRANCHES).to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        return build_network(self.cfg, self.bundle, self.device, channels_last=self.channels_last)
 
     # ----------------------------------------------------------------- helpers shared with methods
     def autocast(self) -> AbstractContextManager[Any]:
-        if self.cfg.runtime.autocast == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast_context(self.cfg, self.device)
 
     def to_device(self, micro: MicroBatch) -> MicroBatch:
         return micro.to(self.device, non_blocking=True, channels_last=self.channels_last)
@@ -175,8 +200,9 @@ class Trainer:
         """Start the data stream at `start_step` (a resumed run starts mid-epoch where it stopped)."""
         self.batches = train_micro_batches(
             self.bundle, self.plan, start_step=start_step, end_step=self.derived.total_steps,
-            micro_size=self.derived.micro_batch, workers=self.cfg.runtime.workers,
-            pin_memory=self.device.type == "cuda")
+            micro_size=self.derived.micro_batch, rank=self.dist.trainer_rank, world_size=self.dist.trainers,
+            workers=self.cfg.runtime.workers, pin_memory=self.device.type == "cuda")
+        self.method.begin(start_step, self.derived.total_steps)
 
     def lr(self, step: int) -> float:
         d = self.derived
@@ -193,12 +219,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        batch = self.cfg.batch_size
+        batch = self.local_batch
+        last = self.derived.accumulation - 1
         loss_total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         branch_losses: dict[str, torch.Tensor] = {}
         examples = 0
-        for micro in micro_batches:
+        for index, micro in enumerate(micro_batches):
             micro = self.to_device(micro)
             share = micro.targets.shape[0] / batch
             total = torch.zeros((), device=self.device)
@@ -212,17 +239,26 @@ class Trainer:
                 branch_losses[branch.name] = branch_losses.get(branch.name, 0.0) + detached
                 if branch.name == "clean":
                     correct += topk_correct(logits.detach(), branch.targets, (1,))[0]
-            (total * share).backward()
+            with self.replicas.micro_context(self.train_model, last=index == last):
+                (total * share).backward()
             loss_total += total.detach() * share
             examples += micro.targets.shape[0]
-        loss_value, correct_value = torch.stack([loss_total, correct]).tolist()  # one host sync
+        names = sorted(branch_losses)
+        stop = torch.full((), float(self.stop_requested), device=self.device)
+        sums = self.replicas.reduce_sums(torch.stack([loss_total, correct, stop, *(
+            torch.as_tensor(branch_losses[n], device=self.device) for n in names)]))
+        trainers = self.replicas.trainers
+        loss_value, correct_value, stop_value, *branch_values = sums.tolist()  # one host sync
+        loss_value /= trainers
         if not math.isfinite(loss_value):
             raise Diverged(f"loss is {loss_value} in step {step + 1}")
+        self.replicas.reduce_bn_statistics(self.model)
         commit_bn_statistics(self.model)
         self.optimizer.step()
         self.method.after_update(step)
-        return {"loss": loss_value, "correct": correct_value, "examples": examples, "lr": lr,
-                "branch_loss": {k: float(v) for k, v in branch_losses.items()}}
+        return {"loss": loss_value, "correct": correct_value, "examples": examples * trainers, "lr": lr,
+                "branch_loss": {n: v / trainers for n, v in zip(names, branch_values, strict=True)},
+                "stop": stop_value > 0}
 
     def step_batches(self, step: int) -> Iterator[MicroBatch]:
         """The micro-batches of `step` from the data stream, pulled one at a time."""
@@ -275,8 +311,13 @@ class Trainer:
 
     def describe(self) -> str:
         d = self.derived
+        layout = f"{d.accumulation} x {d.micro_batch}"
+        if d.trainers > 1:
+            layout = f"{d.trainers} trainers x {layout}"
+        if d.attack_workers:
+            layout += f", {d.attack_workers} attack workers"
         return (f"{self.cfg.method} on {self.cfg.data} ({d.num_train} train examples), {self.cfg.model.name}, "
-                f"batch {format_batch(self.cfg.batch_size)} ({d.accumulation} x {d.micro_batch}), "
+                f"batch {format_batch(self.cfg.batch_size)} ({layout}), "
                 f"{d.total_steps} steps ({d.steps_per_epoch}/epoch), peak LR {d.peak_lr:g}, "
                 f"warmup {d.warmup_steps} steps, device {self.device}")
 

@@ -44,6 +44,9 @@ class AdversarialMethod(Method):
         branches = 3 if self.three_way else 2
         self.weight = 1.0 if cfg.attack.loss_weighting == "sum" else 1.0 / branches
 
+    def trained_bn_branches(self) -> tuple[str, ...]:
+        return ("main", "aug", "aux") if self.three_way else ("main", "aux")
+
     def adversarial(self, model: nn.Module, micro: MicroBatch) -> Tensor:
         """The adversarial twin of `micro` (on the device) against `model` (the live network or a snapshot)."""
         cfg, seed, step = self.attack_cfg, self.ctx.cfg.seed, micro.key.step

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from conadv_repro.config import Config
 from conadv_repro.data.loader import MicroBatch
+from conadv_repro.distributed.context import DistContext
 
 
 @dataclass
@@ -45,6 +46,7 @@ class MethodContext:
     peek: Callable[[int], MicroBatch | None]
     autocast: Callable[[], AbstractContextManager[Any]]
     to_device: Callable[[MicroBatch], MicroBatch]
+    dist: DistContext = field(default_factory=DistContext)
 
 
 class Method:
@@ -57,6 +59,17 @@ class Method:
 
     def branches(self, micro: MicroBatch) -> list[Branch]:
         raise NotImplementedError
+
+    def trained_bn_branches(self) -> tuple[str, ...]:
+        """The BN branches the training branches go through (the others get no gradient)."""
+        return ("main",)
+
+    def executor_label(self) -> str | None:
+        """Where the method's side work runs, for the run's record (None: it has none)."""
+        return None
+
+    def begin(self, start_step: int, total_steps: int) -> None:
+        """Called once before this process's first step; the weights are those of `start_step`."""
 
     def after_update(self, step: int) -> None:
         """Called after the optimizer step that ends `step` (the weights are now theta_{step+1})."""

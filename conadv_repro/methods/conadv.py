@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from conadv_repro.concurrency.executors import make_executor
+from conadv_repro.concurrency.executors import executor_name, make_executor
 from conadv_repro.data.loader import MicroBatch
 from conadv_repro.data.sampler import MicroBatchKey
 from conadv_repro.methods.adversarial import AdversarialMethod
@@ -58,6 +58,10 @@ class ConAdv(AdversarialMethod):
             self._executor = make_executor(self.ctx.cfg.conadv.executor, self.ctx.device,
                                            moves_running_stats=self.moves_running_stats)
         return self._executor
+
+    def executor_label(self) -> str:
+        return executor_name(self.ctx.cfg.conadv.executor, self.ctx.device,
+                             moves_running_stats=self.moves_running_stats)
 
     # ----------------------------------------------------------------- snapshots
     def source_step(self, step: int) -> int:

@@ -1,0 +1,209 @@
+"""ConAdv's attack workers: theta_t goes out by broadcast, adversarial examples come back point to point.
+
+Layout of a step's global batch (B examples, in the batch plan's order): trainer i holds examples
+[i*B/T, (i+1)*B/T), attack worker j attacks [j*B/N, (j+1)*B/N). Worker j sends each trainer the
+overlap of the two ranges (`transfer_plan`), so any T and N work that split B into whole BN groups,
+and which examples a worker attacks and which data a trainer loads follow from the seed alone.
+
+The weights: the attack of step s uses theta_(src(s)), src(s) = max(s - tau, 0). Trainer 0 broadcasts
+each needed theta_k exactly once, in increasing k, to the group {trainer 0} + workers: at start-up the
+ones the checkpoint's snapshots hold (k <= the start step), then theta_(s+1) right after the update of
+step s. The workers derive the same sequence, so no step numbers need to be agreed on; each broadcast
+still carries its step in a small header, checked on arrival, and a header with kind STOP ends the
+workers early (the trainers stopped: lock lost, divergence, failure).
+
+Timeline with tau=1: while the trainers run step t on clean_t and adv_t, the workers, holding theta_t
+(broadcast after step t-1), attack batch t+1 and send it; the trainers pre-post the receives of step
+t+1 as soon as step t's have arrived, so the transfer also overlaps the update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from conadv_repro.distributed.context import DistContext
+
+WEIGHTS, STOP = 1, 0
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Examples [lo, hi) of the global batch go from attack worker `worker` to trainer `trainer`."""
+
+    worker: int
+    trainer: int
+    lo: int
+    hi: int
+
+
+def transfer_plan(batch: int, trainers: int, workers: int) -> list[Transfer]:
+    """Every (worker, trainer) overlap of the two partitions of a batch, in (worker, trainer) order."""
+    t_size, w_size = batch // trainers, batch // workers
+    plan = []
+    for w in range(workers):
+        for t in range(trainers):
+            lo, hi = max(w * w_size, t * t_size), min((w + 1) * w_size, (t + 1) * t_size)
+            if lo < hi:
+                plan.append(Transfer(w, t, lo, hi))
+    return plan
+
+
+def source_step(step: int, tau: int) -> int:
+    return max(step - tau, 0)
+
+
+def weight_steps(start: int, total: int, tau: int) -> list[int]:
+    """The steps whose weights the attacks of steps [start, total) use, each once, increasing."""
+    return sorted({source_step(s, tau) for s in range(start, total)})
+
+
+def weight_tensors(model: nn.Module) -> list[Tensor]:
+    """What an attack reads from a network: every floating-point parameter and persistent buffer."""
+    return [t for t in model.state_dict().values() if t.is_floating_point()]
+
+
+def flatten(model: nn.Module) -> Tensor:
+    return torch.cat([t.detach().reshape(-1).float() for t in weight_tensors(model)])
+
+
+@torch.no_grad()
+def unflatten_into(flat: Tensor, model: nn.Module) -> None:
+    offset = 0
+    for t in weight_tensors(model):
+        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+    if offset != flat.numel():
+        raise RuntimeError(f"weight broadcast of {flat.numel()} values for a network of {offset}")
+
+
+class WeightsSender:
+    """Trainer 0's side of the broadcast (asynchronous: the trainer goes on with its next step)."""
+
+    def __init__(self, ctx: DistContext, device: torch.device, start: int, total: int, tau: int):
+        self.ctx, self.device = ctx, device
+        self.queue = weight_steps(start, total, tau) if ctx.rank == 0 else []
+        self._works: list[Any] = []
+        self._keep: list[Tensor] = []
+        self.seconds = 0.0  # host time spent issuing broadcasts (the transfer itself is asynchronous)
+        self.sent_bytes = 0
+
+    @property
+    def expected(self) -> bool:
+        return bool(self.queue)
+
+    def offer(self, step: int, model: nn.Module) -> None:
+        """Send theta_step if the workers need it next."""
+        if self.queue and self.queue[0] == step:
+            self.queue.pop(0)
+            self._send(WEIGHTS, step, flatten(model).to(self.device))
+
+    def stop(self) -> None:
+        """Tell the workers that no more weights will come (the trainers stopped early)."""
+        if self.queue:
+            self.queue = []
+            self._send(STOP, -1, None)
+
+    def _send(self, kind: int, step: int, flat: Tensor | None) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        self.wait()
+        header = torch.tensor([kind, step], dtype=torch.int64, device=self.device)
+        group = self.ctx.weights_group
+        self._works.append(dist.broadcast(header, src=0, group=group, async_op=True))
+        self._keep = [header]
+        if flat is not None:
+            self._works.append(dist.broadcast(flat, src=0, group=group, async_op=True))
+            self._keep.append(flat)
+            self.sent_bytes += flat.numel() * flat.element_size()
+        self.seconds += time.perf_counter() - t0
+
+    def wait(self) -> None:
+        for work in self._works:
+            work.wait()
+        self._works, self._keep = [], []
+
+
+class WeightsReceiver:
+    """A worker's side: the next broadcast weights, into a network."""
+
+    def __init__(self, ctx: DistContext, device: torch.device, numel: int):
+        self.ctx, self.device = ctx, device
+        self.flat = torch.empty(numel, dtype=torch.float32, device=device)
+
+    def receive(self, expected_step: int, into: nn.Module) -> bool:
+        """True with theta_expected_step copied into `into`; False when the trainers sent STOP."""
+        header = torch.empty(2, dtype=torch.int64, device=self.device)
+        dist.broadcast(header, src=0, group=self.ctx.weights_group)
+        kind, step = header.tolist()
+        if kind == STOP:
+            return False
+        if step != expected_step:
+            raise RuntimeError(f"attack worker expected the weights of step {expected_step}, got step {step}")
+        dist.broadcast(self.flat, src=0, group=self.ctx.weights_group)
+        unflatten_into(self.flat, into)
+        return True
+
+
+class AdversarialReceiver:
+    """A trainer's side: its slice of each step's adversarial batch, receives posted one step ahead."""
+
+    def __init__(self, ctx: DistContext, device: torch.device, batch: int, total: int):
+        self.ctx, self.device, self.total = ctx, device, total
+        self.local = batch // ctx.trainers
+        self.base = ctx.trainer_rank * self.local
+        self.incoming = [t for t in transfer_plan(batch, ctx.trainers, ctx.attack_workers)
+                         if t.trainer == ctx.trainer_rank]
+        self._posted: dict[int, tuple[Tensor, list[Any]]] = {}
+        self.wait_seconds = 0.0
+
+    def _post(self, step: int, sample_shape: tuple[int, ...]) -> None:
+        buffer = torch.empty((self.local, *sample_shape), dtype=torch.float32, device=self.device)
+        works = [dist.irecv(buffer[t.lo - self.base: t.hi - self.base], src=self.ctx.attacker_rank(t.worker))
+                 for t in self.incoming]
+        self._posted[step] = (buffer, works)
+
+    def batch(self, step: int, sample_shape: tuple[int, ...]) -> Tensor:
+        """This trainer's adversarial examples of `step` (waits for them)."""
+        import time
+
+        if step not in self._posted:
+            self._post(step, sample_shape)
+        buffer, works = self._posted.pop(step)
+        t0 = time.perf_counter()
+        for work in works:
+            work.wait()
+        self.wait_seconds += time.perf_counter() - t0
+        if step + 1 < self.total and step + 1 not in self._posted:
+            self._post(step + 1, sample_shape)
+        return buffer
+
+
+class AdversarialSender:
+    """A worker's side: its chunk of a step's adversarial batch, cut into the trainers' slices."""
+
+    def __init__(self, ctx: DistContext, batch: int):
+        self.ctx = ctx
+        self.chunk = batch // ctx.attack_workers
+        self.base = ctx.attacker_index * self.chunk
+        self.outgoing = [t for t in transfer_plan(batch, ctx.trainers, ctx.attack_workers)
+                         if t.worker == ctx.attacker_index]
+        self._works: list[Any] = []
+        self._keep: Tensor | None = None
+
+    def send(self, adversarial: Tensor) -> None:
+        self.wait()  # the previous step's sends: their buffers are reused by nothing, but keep it bounded
+        adversarial = adversarial.float().contiguous()
+        self._keep = adversarial
+        self._works = [dist.isend(adversarial[t.lo - self.base: t.hi - self.base], dst=t.trainer)
+                       for t in self.outgoing]
+
+    def wait(self) -> None:
+        for work in self._works:
+            work.wait()
+        self._works, self._keep = [], None

@@ -1,0 +1,194 @@
+"""Who this process is in a multi-process run, and the process groups it talks through.
+
+A run is started by torchrun (locally) or by the launcher on Slurm (one task per GPU, the environment
+from `submitit.helpers.TorchDistributedEnvironment`); both set RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT. Ranks 0 .. T-1 are trainers (data parallel over the trainer group), ranks
+T .. T+N-1 are ConAdv's attack workers (`conadv.attack_workers=N`). Rank 0 is the only one that writes
+to the run directory. Every collective has `runtime.dist_timeout_s` as its timeout, so a lost rank ends
+the job with an error instead of a hang; a heartbeat in the rendezvous store lets the survivors say
+which rank was lost.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from conadv_repro.config import Config
+from conadv_repro.errors import UserError
+
+HEARTBEAT_S = 1.0
+_HEARTBEAT_KEY = "conadv/heartbeat/{}"
+
+
+class RankLost(RuntimeError):
+    """A collective or transfer failed: another rank stopped (crashed, was killed, or timed out)."""
+
+
+@dataclass
+class DistContext:
+    """This process's place in the run. The default is the single-process run (no torch.distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    trainers: int = 1
+    attack_workers: int = 0
+    backend: str | None = None
+    trainer_group: Any = None  # DDP's group; None = the default group
+    weights_group: Any = None  # trainer 0 + the attack workers: theta_t's broadcast
+    _heartbeat: Any = field(default=None, repr=False)
+
+    @property
+    def multi(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def role(self) -> str:
+        return "trainer" if self.rank < self.trainers else "attacker"
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes the run directory (record, metrics, checkpoints, W&B)."""
+        return self.rank == 0
+
+    @property
+    def trainer_rank(self) -> int:
+        return self.rank if self.role == "trainer" else -1
+
+    @property
+    def attacker_index(self) -> int:
+        return self.rank - self.trainers if self.role == "attacker" else -1
+
+    def attacker_rank(self, index: int) -> int:
+        return self.trainers + index
+
+    def describe(self) -> dict[str, Any]:
+        return {"world_size": self.world_size, "trainers": self.trainers,
+                "attack_workers": self.attack_workers, "backend": self.backend}
+
+    def name(self) -> str:
+        return f"rank {self.rank} of {self.world_size} ({self.role})"
+
+    def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.set()
+        if self.multi and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+SINGLE = DistContext()
+
+
+def env_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not an integer") from None
+
+
+def check_layout(cfg: Config, world_size: int) -> tuple[int, int]:
+    """(trainers, attack workers) of a run on `world_size` processes; a one-line error if the config does
+    not fit: global batch = trainers x micro-batch x accumulation steps, whole BN groups everywhere."""
+    workers = cfg.conadv.attack_workers if cfg.method == "conadv" else 0
+    trainers = world_size - workers
+    if trainers < 1:
+        raise UserError(f"conadv.attack_workers={workers} leaves no trainer among {world_size} processes; "
+                        f"allowed: at most {world_size - 1}")
+    if cfg.runtime.trainers and cfg.runtime.trainers != trainers:
+        raise UserError(f"runtime.trainers={cfg.runtime.trainers} but {world_size} processes with "
+                        f"conadv.attack_workers={workers} give {trainers} trainers; start "
+                        f"{cfg.runtime.trainers + workers} processes or set runtime.trainers=0")
+    group, batch = cfg.bn.group_size, cfg.batch_size
+    if batch % trainers or (batch // trainers) % group:
+        raise UserError(f"batch_size={batch} does not split over {trainers} trainers into whole BN groups of "
+                        f"bn.group_size={group}; allowed: a trainer count dividing {batch // group}")
+    local = batch // trainers
+    if cfg.runtime.micro_batch and local % cfg.runtime.micro_batch:
+        raise UserError(f"runtime.micro_batch={cfg.runtime.micro_batch} does not divide the per-trainer batch "
+                        f"{local} (batch_size={batch} / {trainers} trainers)")
+    if workers and (batch % workers or (batch // workers) % group):
+        raise UserError(f"batch_size={batch} does not split over conadv.attack_workers={workers} into whole BN "
+                        f"groups of bn.group_size={group}; allowed: a worker count dividing {batch // group}")
+    return trainers, workers
+
+
+def init_distributed(cfg: Config) -> DistContext:
+    """Join the run's process group when started as several processes; the single-process context
+    otherwise. Call once per process, before building the trainer."""
+    world = env_world_size()
+    if world <= 1:
+        if cfg.method == "conadv" and cfg.conadv.attack_workers:
+            raise UserError(f"conadv.attack_workers={cfg.conadv.attack_workers} needs several processes: start "
+                            f"{max(cfg.runtime.trainers, 1) + cfg.conadv.attack_workers} with torchrun "
+                            "--nproc-per-node, or launch it through python -m conadv_repro.launch")
+        check_layout(cfg, 1)
+        return SINGLE
+    trainers, workers = check_layout(cfg, world)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = cfg.runtime.dist_backend
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "gloo"
+    timeout = timedelta(seconds=cfg.runtime.dist_timeout_s)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=timeout)
+    trainer_group = dist.new_group(list(range(trainers)), timeout=timeout) if workers else None
+    weights_group = dist.new_group([0, *range(trainers, world)], timeout=timeout) if workers else None
+    ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, trainers=trainers,
+                      attack_workers=workers, backend=backend, trainer_group=trainer_group,
+                      weights_group=weights_group)
+    ctx._heartbeat = _start_heartbeat(rank)
+    return ctx
+
+
+def _store() -> Any:
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - the heartbeat is a diagnostic, never a reason to fail
+        return None
+
+
+def _start_heartbeat(rank: int) -> threading.Event | None:
+    store = _store()
+    if store is None:
+        return None
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                store.set(_HEARTBEAT_KEY.format(rank), repr(time.time()))
+            except Exception:  # noqa: BLE001 - the store's host is gone; lost_ranks() says so
+                return
+
+    store.set(_HEARTBEAT_KEY.format(rank), repr(time.time()))
+    threading.Thread(target=beat, name="conadv-heartbeat", daemon=True).start()
+    return stop
+
+
+def lost_ranks(ctx: DistContext, *, stale_s: float = 4 * HEARTBEAT_S) -> str:
+    """Which ranks stopped beating (best effort, for the error message)."""
+    store = _store()
+    if store is None:
+        return "unknown"
+    time.sleep(stale_s)  # a rank that died a moment ago still looks alive; the living keep beating
+    now, lost = time.time(), []
+    try:
+        store.set_timeout(timedelta(seconds=5))
+        for rank in range(ctx.world_size):
+            if rank == ctx.rank:
+                continue
+            last = float(store.get(_HEARTBEAT_KEY.format(rank)))
+            if now - last > stale_s:
+                lost.append(str(rank))
+    except Exception:  # noqa: BLE001 - the store itself is gone: it lived with rank 0 (or the agent)
+        return "0 (the rendezvous host) or the launcher"
+    return ", ".join(lost) or "none found (a collective timed out)"

@@ -1,0 +1,178 @@
+"""Multi-process training on the CPU with gloo: real processes, no mocks.
+
+torchrun starts the local runs, as a user would; the lost-rank test starts the ranks itself with the
+environment Slurm tasks get from submitit (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so that
+nothing but our own code stands between a killed rank and the survivors' error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conadv_repro.distributed.attack_link import Transfer, transfer_plan, weight_steps
+from conadv_repro.engine.checkpoint import load_latest_checkpoint
+
+SMALL = ["scale=smoke", "runtime.device=cpu", "runtime.wandb=disabled", "runtime.threads=1",
+         "runtime.dist_timeout_s=60"]
+# Floating-point tolerance against the single-process reference, relative to each tensor's largest
+# value: the trainers' gradient all-reduce and the BN statistics' sums add in another order, which
+# after a few steps moves the weights by about 1e-6 (measured: 6e-7 after 3 steps).
+TOLERANCE = 1e-4
+
+
+def torchrun(nproc: int, run_dir: Path, overrides: list[str], env: dict[str, str],
+             timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+         "-m", "conadv_repro.train", "--run-dir", str(run_dir), *overrides],
+        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def single(run_dir: Path, overrides: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *overrides],
+                          env=env, capture_output=True, text=True, timeout=240)
+
+
+def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    loaded = load_latest_checkpoint(run_dir)
+    assert loaded is not None and loaded[1].name == "final.pt", f"no final checkpoint in {run_dir}"
+    return loaded[0]["model"]
+
+
+def assert_close(reference: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    worst = 0.0
+    for name, value in reference.items():
+        if value.is_floating_point():
+            scale = value.abs().max().item() or 1.0
+            worst = max(worst, (value - other[name]).abs().max().item() / scale)
+        else:
+            assert torch.equal(value, other[name]), name
+    assert worst < TOLERANCE, f"largest relative difference {worst:.2e}"
+    return worst
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_transfer_plan_covers_every_example_once():
+    for batch, trainers, workers in [(48, 2, 3), (64, 4, 2), (24, 3, 3), (16, 1, 2)]:
+        plan = transfer_plan(batch, trainers, workers)
+        covered = sorted((t.lo, t.hi) for t in plan)
+        assert covered[0][0] == 0 and covered[-1][1] == batch
+        assert all(a[1] == b[0] for a, b in zip(covered, covered[1:], strict=False))
+        for t in plan:  # inside both the worker's and the trainer's range
+            assert t.worker * batch // workers <= t.lo < t.hi <= (t.worker + 1) * batch // workers
+            assert t.trainer * batch // trainers <= t.lo < t.hi <= (t.trainer + 1) * batch // trainers
+    assert transfer_plan(48, 2, 3) == [Transfer(0, 0, 0, 16), Transfer(1, 0, 16, 24), Transfer(1, 1, 24, 32),
+                                       Transfer(2, 1, 32, 48)]
+
+
+def test_weight_steps_are_each_needed_weight_once():
+    assert weight_steps(0, 5, 1) == [0, 1, 2, 3]
+    assert weight_steps(0, 5, 0) == [0, 1, 2, 3, 4]
+    assert weight_steps(6, 9, 2) == [4, 5, 6]
+
+
+def test_conadv_with_attack_workers_matches_the_single_process_reference(tmp_path, cli_env):
+    # 2 trainers (DDP over gloo) + 1 attack worker against one process with the sequential executor,
+    # same global batch, tau = 1: the same weights after several steps, up to summation order.
+    common = [*SMALL, "method=conadv", "steps=4"]
+    ok(single(tmp_path / "ref", [*common, "conadv.executor=sequential"], cli_env))
+    ok(torchrun(3, tmp_path / "workers", [*common, "conadv.attack_workers=1"], cli_env))
+    assert_close(final_model(tmp_path / "ref"), final_model(tmp_path / "workers"))
+    record = json.loads((tmp_path / "workers" / "record.json").read_text())
+    assert record["status"] == "finished"
+    assert record["distributed"] == {"world_size": 3, "trainers": 2, "attack_workers": 1, "backend": "gloo"}
+    assert record["executor"] == "workers"
+    assert record["derived"]["trainers"] == 2
+    ref = json.loads((tmp_path / "ref" / "record.json").read_text())
+    assert ref["distributed"]["world_size"] == 1 and ref["executor"] == "sequential"
+
+
+def test_data_parallel_disadv_with_accumulation_matches_one_process(tmp_path, cli_env):
+    # 2 trainers, each accumulating two micro-batches, against one process on the whole batch: the
+    # gradient average, the ghost-BN groups per rank and the BN statistics' reduction.
+    common = [*SMALL, "method=disadv", "steps=3"]
+    ok(single(tmp_path / "ref", common, cli_env))
+    batch = json.loads((tmp_path / "ref" / "record.json").read_text())["config"]["batch_size"]
+    ok(torchrun(2, tmp_path / "ddp", [*common, f"runtime.micro_batch={batch // 4}"], cli_env))
+    assert_close(final_model(tmp_path / "ref"), final_model(tmp_path / "ddp"))
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    for mine, theirs in zip(rows, ref_rows, strict=True):  # the logged metrics are the global batch's
+        if mine["kind"] == "train":
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+            assert mine["train_top1"] == pytest.approx(theirs["train_top1"], abs=1e-6)
+
+
+def test_a_run_with_attack_workers_resumes_exactly(tmp_path, cli_env):
+    # Interrupt after the checkpoint of step 4 (drop what came later, as a crash would), resume with the
+    # same layout: the workers get theta_3 and theta_4 from the checkpoint's snapshots (tau = 1).
+    common = [*SMALL, "method=conadv", "steps=6", "conadv.attack_workers=1", "runtime.checkpoint_every=2"]
+    whole = tmp_path / "whole"
+    ok(torchrun(3, whole, common, cli_env))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    (resumed / "checkpoints" / "final.pt").unlink()
+    record = json.loads((resumed / "record.json").read_text())
+    (resumed / "record.json").write_text(json.dumps({**record, "status": "running", "final": None}))
+    result = torchrun(3, resumed, common, cli_env)
+    ok(result)
+    assert "resuming" in result.stdout and "at step 4/6" in result.stdout
+    a, b = final_model(whole), final_model(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_killed_rank_ends_the_job_with_an_error_naming_it(tmp_path, cli_env):
+    # The ranks as Slurm tasks would be: three processes with RANK/WORLD_SIZE/MASTER_* set, no agent.
+    port, world = _free_port(), 3
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *SMALL, "method=conadv",
+            "conadv.attack_workers=1", "steps=100000", "runtime.dist_timeout_s=120"]
+    procs = []
+    for rank in range(world):
+        env = {**cli_env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert time.time() < deadline, "the run did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.2)
+        procs[2].send_signal(signal.SIGKILL)  # the attack worker
+        started = time.time()
+        outputs = [p.communicate(timeout=90) for p in procs[:2]]
+        assert time.time() - started < 90
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p in procs[:2]:
+        assert p.returncode not in (0, None)
+    rank0_err = outputs[0][1].strip().splitlines()
+    assert rank0_err, outputs[0]
+    assert rank0_err[-1].startswith("error: rank 0 of 3 (trainer): lost contact with rank(s) 2"), rank0_err[-5:]
+    assert "Traceback" not in outputs[0][1]
+    assert os.path.exists(run_dir / "record.json")
