@@ -38,9 +38,9 @@ def quiet(_msg: str) -> None:
 def test_list_names_every_experiment_with_its_run_counts(tmp_path, cli_env):
     out = run_cli([*LAUNCH, "--list"], cli_env, tmp_path)
     assert out.returncode == 0, out.stderr
-    for name in ("table1", "table2", "table4", "table5", "figure2", "all"):
+    for name in ("table1", "table2", "table3", "table4", "table5", "figure2", "figure4", "all"):
         assert f"  {name}" in out.stdout
-    assert "smoke 28" in out.stdout and "paper 105" in out.stdout
+    assert "smoke 28" in out.stdout and "paper 126" in out.stdout
 
 
 def test_dry_run_shows_each_state_and_a_summary_last(tmp_path, cli_env):
@@ -237,12 +237,21 @@ def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path
     assert run_cli(status_args, cli_env, tmp_path).stdout.splitlines()[-1] == "2 runs: 2 unfinished"
 
 
-def test_a_profile_asking_for_several_gpus_per_run_is_refused():
+def test_a_job_asks_for_one_gpu_per_process_of_its_run():
     from conadv_repro.errors import UserError
     from conadv_repro.launch.profiles import Profile
-    from conadv_repro.launch.submit import check_profile
+    from conadv_repro.launch.submit import job_resources, run_tasks
 
-    check_profile(Profile(gpus_per_node=1), "slurm")
-    check_profile(Profile(gpus_per_node=8), "local")  # profiles only shape Slurm jobs
-    with pytest.raises(UserError, match="gpus_per_node=8, but a run trains on one GPU"):
-        check_profile(Profile(name="big", gpus_per_node=8), "slurm")
+    node = Profile(name="big", gpus_per_node=8)
+    assert job_resources("slurm", node, 1) == {"tasks_per_node": 1, "nodes": 1, "gpus_per_node": 1}
+    assert job_resources("slurm", node, 3) == {"tasks_per_node": 3, "nodes": 1, "gpus_per_node": 3}
+    assert job_resources("slurm", node, 16) == {"tasks_per_node": 8, "nodes": 2, "gpus_per_node": 8}
+    assert job_resources("slurm", Profile(), 2) == {"tasks_per_node": 2, "nodes": 1}  # a CPU partition
+    assert job_resources("local", node, 3, local_gpus=1) == {"tasks_per_node": 3, "gpus_per_node": 1}
+    with pytest.raises(UserError, match="does not fill whole nodes of gpus_per_node=8"):
+        job_resources("slurm", node, 12)
+    with pytest.raises(UserError, match="cannot run in-process"):
+        job_resources("debug", node, 2)
+    conadv = {"method": "conadv", "conadv": {"attack_workers": 2}, "runtime": {"trainers": 4}}
+    assert run_tasks(conadv) == 6
+    assert run_tasks({"method": "vanilla", "conadv": {"attack_workers": 2}, "runtime": {"trainers": 0}}) == 1

@@ -83,3 +83,21 @@ def test_a_preempted_job_requeues_resumes_and_ends_bit_identical(tmp_path, slurm
     ours, theirs = load_latest_checkpoint(run.run_dir)[0], load_latest_checkpoint(reference)[0]
     for key, value in theirs["model"].items():
         assert torch.equal(ours["model"][key], value), key
+
+
+def test_a_run_on_several_processes_runs_as_one_multi_task_slurm_job(tmp_path, cli_env, slurm_partition):
+    # ConAdv with one attack worker: two tasks of one job (trainer + attacker), torch.distributed set up
+    # from submitit's TorchDistributedEnvironment, gloo on the CPU.
+    runs = tmp_path / "runs"
+    args = [*LAUNCH, "table1", "--only", "method=conadv", "--only", "paper_batch=32k", "--set",
+            "conadv.attack_workers=1", "--runs-dir", str(runs), "--cluster", "slurm", "--profile", "local", "--wait"]
+    out = run_cli(args, cli_env, tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1 run: 1 finished"
+    (record_path,) = runs.glob("smoke/*/record.json")
+    record = json.loads(record_path.read_text())
+    assert record["distributed"] == {"world_size": 2, "trainers": 1, "attack_workers": 1, "backend": "gloo"}
+    assert record["executor"] == "workers"
+    job_id = json.loads((record_path.parent / "launch.json").read_text())["submissions"][-1]["job_id"]
+    logs = sorted((runs / "smoke" / "_jobs" / job_id).glob("*_log.out"))
+    assert [p.name for p in logs] == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"]  # one per rank

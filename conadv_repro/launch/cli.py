@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
     parser.add_argument("--dry-run", action="store_true", help="show the plan and submit nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print each run's projected wall time and GPU-hours and the grid's total (from a "
+                             "calibration of the profile's hardware); submit nothing")
+    parser.add_argument("--calibration", default=None, metavar="PATH",
+                        help="with --estimate: a calibration file (benchmarks/throughput.py --save) or 'published'")
     parser.add_argument("--cluster", default=None,
                         help="slurm, local or debug (default: slurm where a Slurm controller answers, else local)")
     parser.add_argument("--profile", default=None, help="slurm/profiles/NAME.toml (partition, GPUs, time...)")
@@ -120,6 +125,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    if args.estimate:
+        from conadv_repro.launch.estimate import cmd_estimate
+
+        return cmd_estimate(plan(args, check_data=False), args)
+    if args.calibration:
+        raise UserError("--calibration is for --estimate")
     from conadv_repro.launch import submit
     from conadv_repro.launch.profiles import load_profile
 
@@ -130,7 +141,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
         cluster = "slurm" if shutil.which("sbatch") else "local"
     else:
         cluster = submit.choose_cluster(args.cluster)
-    submit.check_profile(profile, cluster)
     jobs = SlurmJobs()
     states = [run_state(run.run_dir, jobs) for run in runs]
     todo_states = ("missing", "unfinished", *(("failed",) if args.retry_failed else ()))
@@ -177,14 +187,20 @@ def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -
         return []
     if cluster == "debug":
         return [runs]
+    from conadv_repro.launch.submit import run_tasks
+
+    # A run on several processes has a job of its own (its tasks are its ranks).
+    multi = [[run] for run in runs if run_tasks(run.config.to_dict()) > 1]
+    runs = [run for run in runs if run_tasks(run.config.to_dict()) == 1]
     per_job = args.runs_per_job
     if per_job <= 0:
         if cluster == "local":
             jobs = min(len(runs), os.cpu_count() or 1) if args.scale in ("smoke", "proxy") else 1
-            per_job = -(-len(runs) // jobs)
+            per_job = -(-len(runs) // max(jobs, 1))
         else:
             per_job = 8 if args.scale == "smoke" else 1
-    return [runs[i:i + per_job] for i in range(0, len(runs), per_job)]
+    per_job = max(per_job, 1)
+    return [runs[i:i + per_job] for i in range(0, len(runs), per_job)] + multi
 
 
 def experiment_tags(runs: list[PlannedRun], args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
@@ -221,19 +237,29 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     groups = group_runs([run for run, _ in claimed], cluster, args)
     folder = args.runs_dir / args.scale / "_jobs"
     executor = submit.make_executor(cluster, folder, profile)
-    threads = submit.default_threads(cluster, len(groups))
+    tasks = [submit.run_tasks(group[0].config.to_dict()) for group in groups]
+    threads = submit.default_threads(cluster, sum(tasks))
     jobs_made = []
     try:
         tags = experiment_tags([run for run, _ in claimed], args)
         payloads = [submit.RunJob([submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)],
                                                   tags[run.run_id])
                                    for run in group], threads) for group in groups]
+        single = [p for p, n in zip(payloads, tasks, strict=True) if n == 1]
+        multi = [(p, n) for p, n in zip(payloads, tasks, strict=True) if n > 1]
+        for _, n in multi:  # refuse before submitting anything
+            submit.job_resources(cluster, profile, n)
         if cluster == "debug":
-            jobs = [executor.submit(payload) for payload in payloads]
+            jobs = [executor.submit(payload) for payload in single]
         else:
             # clean_env: a launch from inside a Slurm job must not hand its SLURM_* variables to the jobs.
-            with submit.clean_env(), submit.detached_from_terminal(cluster == "local"), executor.batch():
-                jobs = [executor.submit(payload) for payload in payloads]
+            with submit.clean_env(), submit.detached_from_terminal(cluster == "local"):
+                with executor.batch():  # the one-process runs: one job array
+                    jobs = [executor.submit(payload) for payload in single]
+                local_gpus = submit.local_gpu_count() if cluster == "local" else 0
+                for payload, n in multi:  # each run on several processes: a job with its own resources
+                    executor.update_parameters(**submit.job_resources(cluster, profile, n, local_gpus=local_gpus))
+                    jobs.append(executor.submit(payload))
         for job, group in zip(jobs, groups, strict=True):
             jobs_made.append((job, group))
             for run in group:
@@ -254,7 +280,7 @@ def wait_for(submitted: list[tuple[Any, list[PlannedRun]]]) -> int:
     failures = 0
     for job, _group in submitted:
         try:
-            job.result()
+            job.results()  # every task's (a run on several processes has one task per rank)
         except Exception:  # each run's state and error are in its record, shown below and by status
             failures += 1
             print(f"job {job.job_id} failed")

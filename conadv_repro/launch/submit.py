@@ -54,7 +54,13 @@ class RunJob:
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        import submitit
+
         from conadv_repro.engine.lock import read_lock
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            # One run on several tasks (one per GPU): MASTER_ADDR/PORT, RANK, WORLD_SIZE for torch.distributed.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
         results, failures = [], []
         for spec in self.specs:
@@ -86,12 +92,43 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.specs, self.threads))
 
 
-def check_profile(profile: Profile, cluster: str) -> None:
-    """A run trains on one device in this release: a profile asking for more GPUs per job would hold
-    GPUs it never uses."""
-    if cluster == "slurm" and profile.gpus_per_node > 1:
-        raise UserError(f"profile {profile.name}: gpus_per_node={profile.gpus_per_node}, but a run trains on one "
-                        "GPU in this release (multi-device training is not in it yet); set gpus_per_node = 1")
+def run_tasks(config: dict[str, Any]) -> int:
+    """Processes a run needs (one GPU each): its trainers plus ConAdv's attack workers."""
+    runtime, conadv = config.get("runtime", {}), config.get("conadv", {})
+    workers = int(conadv.get("attack_workers", 0)) if config.get("method") == "conadv" else 0
+    return max(int(runtime.get("trainers", 0)), 1) + workers
+
+
+def local_gpu_count() -> int:
+    """GPUs of this machine (nvidia-smi, no torch import); submitit's local executor hides the others."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def job_resources(cluster: str, profile: Profile, tasks: int, *, local_gpus: int = 0) -> dict[str, Any]:
+    """submitit parameters of a job whose run has `tasks` processes: one task per GPU, on as many
+    nodes of `profile.gpus_per_node` GPUs as it takes."""
+    if cluster == "debug":
+        if tasks > 1:
+            raise UserError(f"a run with {tasks} processes cannot run in-process (--cluster debug); allowed: "
+                            "--cluster local or slurm")
+        return {}
+    if cluster == "local":
+        return {"tasks_per_node": tasks, "gpus_per_node": min(tasks, local_gpus)}
+    per_node = profile.gpus_per_node
+    if not per_node:  # a CPU partition: every task on one node
+        return {"tasks_per_node": tasks, "nodes": 1}
+    if tasks <= per_node:
+        return {"tasks_per_node": tasks, "nodes": 1, "gpus_per_node": tasks}
+    if tasks % per_node:
+        raise UserError(f"a run with {tasks} processes (trainers + attack workers) does not fill whole nodes of "
+                        f"gpus_per_node={per_node} (profile {profile.name}); allowed: a multiple of {per_node}")
+    return {"tasks_per_node": per_node, "nodes": tasks // per_node, "gpus_per_node": per_node}
 
 
 def slurm_answers() -> bool:
@@ -122,22 +159,21 @@ def make_executor(cluster: str, folder: Path, profile: Profile, *, local_timeout
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=30)
     if cluster == "slurm":
         params: dict[str, Any] = {
-            "timeout_min": profile.time_min, "tasks_per_node": 1, "nodes": 1,
+            "timeout_min": profile.time_min, **job_resources(cluster, profile, 1),
             "cpus_per_task": profile.cpus_per_task, "mem_gb": profile.mem_gb,
             "slurm_signal_delay_s": 120, "slurm_array_parallelism": profile.array_parallelism,
             "name": "conadv",
         }
         if profile.partition:
             params["slurm_partition"] = profile.partition
-        if profile.gpus_per_node:
-            params["gpus_per_node"] = profile.gpus_per_node
         extra = {k: v for k, v in (("account", profile.account), ("qos", profile.qos),
                                    ("constraint", profile.constraint)) if v}
         for key, value in extra.items():
             params[f"slurm_{key}"] = value
         executor.update_parameters(**params)
     elif cluster == "local":
-        executor.update_parameters(timeout_min=local_timeout_min, name="conadv")
+        executor.update_parameters(timeout_min=local_timeout_min, name="conadv",
+                                   **job_resources(cluster, profile, 1, local_gpus=local_gpu_count()))
     return executor
 
 
@@ -181,8 +217,8 @@ def detached_from_terminal(enabled: bool = True) -> Iterator[None]:
             os.close(fd)
 
 
-def default_threads(cluster: str, jobs: int) -> int:
-    """torch threads per job: the local cores shared among the jobs running at once."""
+def default_threads(cluster: str, processes: int) -> int:
+    """torch threads per process: the local cores shared among the processes running at once."""
     if cluster != "local":
         return 0
-    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    return max(1, (os.cpu_count() or 1) // max(processes, 1))
