@@ -30,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/launch_planning.py
+	$(PY) benchmarks/throughput.py
 
 clean-venv:
 	rm -rf $(VENV)
