@@ -138,7 +138,7 @@ def init_distributed(cfg: Config) -> DistContext:
         backend = "nccl" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "gloo"
     timeout = timedelta(seconds=cfg.runtime.dist_timeout_s)
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=timeout)
     trainer_group = dist.new_group(list(range(trainers)), timeout=timeout) if workers else None
     weights_group = dist.new_group([0, *range(trainers, world)], timeout=timeout) if workers else None
