@@ -138,7 +138,11 @@ def init_distributed(cfg: Config) -> DistContext:
         backend = "nccl" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "gloo"
     timeout = timedelta(seconds=cfg.runtime.dist_timeout_s)
     if backend == "nccl":
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this node) "
+                            "and NCCL needs one GPU per process; start at most one process per GPU, or use "
+                            "runtime.device=cpu")
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=timeout)
     trainer_group = dist.new_group(list(range(trainers)), timeout=timeout) if workers else None
     weights_group = dist.new_group([0, *range(trainers, world)], timeout=timeout) if workers else None

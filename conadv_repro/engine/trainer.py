@@ -45,8 +45,7 @@ class Diverged(Exception):
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The device of this process; `local_rank` picks the GPU of a multi-process run's rank."""
     if name in ("auto", "cuda") and torch.cuda.is_available():
-        # One GPU per process; more processes than GPUs (a workstation) share them round robin.
-        return torch.device("cuda", local_rank % torch.cuda.device_count()) if local_rank else torch.device("cuda")
+        return torch.device("cuda", local_rank) if local_rank else torch.device("cuda")  # one GPU per process
     if name == "auto":
         return torch.device("cpu")
     try:
