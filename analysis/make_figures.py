@@ -4,11 +4,14 @@ Writes, under `<out>/<scale>/figures/`:
 
     figure2.png, figure2.pdf                   top-1 against batch size, with and without AutoAugment,
                                                beside the paper's points (when figure2 is asked for)
+    figure4.png, figure4.pdf                   throughput against batch size, (a) and (b), measured, the
+                                               paper's points and the performance model's curves
     curves_<experiment>.png, .pdf              test top-1 against epoch, one line per method and batch
 
-Figure 4 (throughput) arrives with the multi-device issue; until then it is reported as missing and no
-file is written. Every file is rendered in memory and written atomically, and only the files of the
-experiments asked for at the scale asked for are rewritten: other scales' and experiments' results are
+Figure 4's model curves come from a calibration (`--calibration PATH`, or the newest one in
+benchmarks/calibrations/ measured on the runs' hardware, else any; with none, NVIDIA's published A100
+figure, labelled as such). Every file is rendered in memory and written atomically, and only the files of
+the experiments asked for at the scale asked for are rewritten: other scales' and experiments' results are
 never touched. Reads run directories only; the training code (torch) is never imported.
 """
 
@@ -30,23 +33,21 @@ from conadv_repro.presets import LAUNCH_SCALES  # noqa: E402
 from conadv_repro.registry import experiment_names  # noqa: E402
 
 FIGURE4 = "figure4"
-FIGURE4_MISSING = ("figure4: throughput against batch size arrives with the multi-device (scale-out) "
-                   "issue; no file written")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(
         prog="python analysis/make_figures.py",
         description=textwrap.fill("Draw the paper's figures from finished runs, as PNG and PDF: Figure 2 (top-1 against "
-                    "batch size, with and without AutoAugment, beside the paper's points) and a training-curve "
-                    "figure per experiment (test top-1 against epoch). Figure 4 (throughput) is reported as "
-                    "missing until the multi-device issue brings its runs. Only the files of the experiments "
-                    "asked for, at the scale asked for, are rewritten.", 88, break_on_hyphens=False),
+                    "batch size, with and without AutoAugment, beside the paper's points), Figure 4 (throughput "
+                    "against batch size, beside the paper's points and the performance model's curves) and a "
+                    "training-curve figure per experiment (test top-1 against epoch). Only the files of the "
+                    "experiments asked for, at the scale asked for, are rewritten.", 88, break_on_hyphens=False),
         epilog="examples:\n"
                "  python analysis/make_figures.py                         every figure of the smoke runs\n"
                "  python analysis/make_figures.py --scale proxy --experiments figure2,table1\n"
                "  python analysis/make_figures.py --runs-dir /copied/runs --out results\n\n"
-               "Files go to OUT/SCALE/figures/: figure2.png/.pdf and curves_EXPERIMENT.png/.pdf.",
+               "Files go to OUT/SCALE/figures/: figure2.png/.pdf, figure4.png/.pdf and curves_EXPERIMENT.png/.pdf.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
     parser.add_argument("--runs-dir", default="runs", type=Path,
@@ -56,18 +57,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: all)")
     parser.add_argument("--out", default="results", type=Path,
                         help="results folder; figures go to OUT/SCALE/figures/ (default: results)")
+    parser.add_argument("--calibration", default=None, metavar="PATH",
+                        help="Figure 4's model: a calibration file (benchmarks/throughput.py --save), or 'published' "
+                             "(default: the newest in benchmarks/calibrations/, preferring the runs' hardware)")
     return parser.parse_args(argv)
 
 
-def _names(raw: str) -> tuple[list[str], bool]:
-    """The registry's experiment names asked for, and whether Figure 4 was asked for (by name or `all`)."""
+def _names(raw: str) -> list[str]:
+    """The registry's experiment names asked for."""
     names = [n.strip() for n in raw.split(",") if n.strip()]
     if not names:
-        raise UserError(f"--experiments {raw!r} names no experiment; allowed: "
-                        f"{', '.join(experiment_names())}, {FIGURE4}, all")
-    known = experiment_names()
-    wants_figure4 = (FIGURE4 in names or "all" in names) and FIGURE4 not in known
-    return [n for n in names if not (n == FIGURE4 and FIGURE4 not in known)], wants_figure4
+        raise UserError(f"--experiments {raw!r} names no experiment; allowed: {', '.join(experiment_names())}, all")
+    return names
 
 
 def _figures_dir(out: Path, scale: str) -> Path:
@@ -93,7 +94,7 @@ def _write(path: Path, data: bytes) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_scale(args.scale)
-    names, wants_figure4 = _names(args.experiments)
+    names = _names(args.experiments)
     experiments, runs = planned(names, args.scale, args.runs_dir) if names else ([], [])
     records = load_runs(args.runs_dir, [args.scale])
     planned_ids = {run.run_id for run in runs}
@@ -124,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         return f" (an older {', '.join(map(str, old))} is left as it was)" if old else ""
 
     for experiment in experiments:
+        if experiment.name == FIGURE4:
+            from analysis.figure4 import draw_figure4
+
+            figure, line = draw_figure4(experiment, runs, records, args.scale, args.calibration)
+            if figure is None:
+                missing.append(line + left_alone(FIGURE4))
+            else:
+                print(line)
+                save(figure, FIGURE4)
+            continue  # its runs are short throughput runs: no training curves
         cells = cells_with_runs(experiment, runs, records)
         if experiment.name == "figure2":
             filled = sum(1 for c in cells if c.values())
@@ -143,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
             save(curves_figure(experiment, curves, args.scale), stem)
         else:
             missing.append(f"{stem}: no finished run of {experiment.name}; not drawn" + left_alone(stem))
-    if wants_figure4:
-        missing.append(FIGURE4_MISSING)
     for line in missing:
         print(f"missing: {line}")
     print(f"{len(written)} files written" + (f" under {folder}" if folder is not None else ""))

@@ -22,7 +22,7 @@ from typing import Any
 from conadv_repro.errors import UserError
 
 EXPERIMENTS_ENV = "CONADV_EXPERIMENTS"
-ORDER = ("table1", "table2", "table4", "table5", "figure2")
+ORDER = ("table1", "table2", "table3", "table4", "table5", "figure2", "figure4")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class Cell:
     paper_batch: str
     overrides: Mapping[str, Any]
     paper: Mapping[str, float] = field(default_factory=dict)
+    # Overrides applied only at one scale (scale -> dotted key -> value), after `overrides`: e.g. Figure 4's
+    # device counts, one trainer per 64 examples at the paper scale and one trainer on a small machine.
+    scale_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Experiment:
     metrics: tuple[str, ...] = ("test_top1",)
     kind: str = "table"
     notes: tuple[str, ...] = ()
+    # Values of the experiment that the analysis reads (e.g. Table 3's target top-1 per scale).
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def experiments_dir() -> Path:

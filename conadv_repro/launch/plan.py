@@ -92,7 +92,8 @@ def expand(experiments: Iterable[Experiment], *, scale: str, runs_dir: Path, set
         for cell in experiment.cells:
             for seed in SCALE_SEEDS.get(scale, (0,)):
                 values: dict[str, Any] = {"scale": scale, "paper_batch": cell.paper_batch,
-                                          "batch_size": scale_batch(scale, cell.paper_batch), **cell.overrides}
+                                          "batch_size": scale_batch(scale, cell.paper_batch), **cell.overrides,
+                                          **cell.scale_overrides.get(scale, {})}
                 if seed:
                     values["seed"] = seed
                 if data_root:

@@ -1,0 +1,143 @@
+"""`python -m conadv_repro.launch EXPERIMENT --scale S [--profile P] --estimate`: what a grid would cost.
+
+For every planned run: its method, batch, devices (trainers + attack workers, one GPU each), steps (the
+config's `steps`, else epochs x floor(N / B) with N the scale's training set), and the performance
+model's projected wall time and GPU-hours (analysis/throughput_model.py), from measured step times: the
+newest calibration in benchmarks/calibrations/ of the profile's hardware (its `constraint`, e.g. a100,
+for a GPU profile; a CPU one for a profile without GPUs), or `--calibration PATH`, or `--calibration
+published` for NVIDIA's published A100 figure (labelled "published, not measured here"). Then the grid's
+total. Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from conadv_repro.config import Config, format_batch
+from conadv_repro.errors import UserError
+from conadv_repro.launch.plan import PlannedRun
+from conadv_repro.launch.profiles import Profile, load_profile
+from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
+
+# conadv_repro/data/datasets.py holds IMAGENET_VAL_PER_CLASS (3) training images of each of the 1000
+# classes out for validation: the paper scale trains on the rest.
+IMAGENET_HELD_OUT = 3 * 1000
+TRAIN_EXAMPLES = {**SCALE_TRAIN_SIZE, "paper": IMAGENET_TRAIN - IMAGENET_HELD_OUT}
+
+
+def throughput_model() -> ModuleType:
+    """analysis/throughput_model.py, from the root of the clone (the suite runs from a clone, as the
+    experiments/ folder does)."""
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import analysis.throughput_model as model
+
+    return model
+
+
+def train_examples(cfg: Config) -> int:
+    if cfg.scale in TRAIN_EXAMPLES:
+        return TRAIN_EXAMPLES[cfg.scale]
+    raise UserError(f"--estimate needs a launch scale; allowed: {', '.join(TRAIN_EXAMPLES)}")
+
+
+def run_steps(cfg: Config) -> int:
+    """The run's optimizer steps, as the engine counts them."""
+    if cfg.steps is not None:
+        return cfg.steps
+    per_epoch = train_examples(cfg) // cfg.batch_size
+    return max(1, round(cfg.epochs * per_epoch))
+
+
+def run_devices(cfg: Config) -> tuple[int, int]:
+    """(trainers, attack workers): `runtime.trainers` (0: one, what the launcher starts for it) and
+    ConAdv's `conadv.attack_workers`."""
+    workers = cfg.conadv.attack_workers if cfg.method == "conadv" else 0
+    return max(1, cfg.runtime.trainers), workers
+
+
+def hardware_tokens(profile: Profile) -> tuple[str, ...]:
+    """The GPU models a profile's constraint names (tokens with a digit: 'a100&ib' -> ('a100',))."""
+    tokens = re.split(r"[&|,\s\[\]*()]+", profile.constraint or "")
+    return tuple(t for t in tokens if t and any(ch.isdigit() for ch in t))
+
+
+def choose(args: argparse.Namespace, profile: Profile, model: ModuleType) -> Any:
+    """The calibration to project with, or a one-line error naming --calibration."""
+    choice = getattr(args, "calibration", None)
+    if choice:
+        return model.calibration_from_choice(choice)
+    if args.profile is None:
+        device = "cuda" if shutil.which("nvidia-smi") else "cpu"
+        what = f"this machine ({'a GPU' if device == 'cuda' else 'CPU only'})"
+    else:
+        device = "cuda" if profile.gpus_per_node > 0 else "cpu"
+        what = f"profile {profile.name} ({'GPUs' if device == 'cuda' else 'no GPU'}" + \
+            (f", constraint {profile.constraint}" if profile.constraint else "") + ")"
+    tokens = hardware_tokens(profile) if device == "cuda" else ()
+    found = model.find_calibration(match=tokens, device=device)
+    if found is None:
+        folder = model.calibrations_dir()
+        raise UserError(f"--estimate found no calibration for {what} in {folder}: measure one with "
+                        f"python benchmarks/throughput.py --save {folder}/NAME.json on that hardware, or pass "
+                        f"--calibration PATH (or --calibration published: NVIDIA's published A100 ResNet-50 rate, "
+                        "not measured here)")
+    return found
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
+    model = throughput_model()
+    profile = load_profile(args.profile)
+    calibration = choose(args, profile, model)
+    unit = "GPU-hours" if calibration.device == "cuda" else "device-hours"
+    where = f"profile {profile.name}" if args.profile else "no profile"
+    print(f"estimate of {len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(args.experiments)}, "
+          f"{args.scale} scale, {where}); nothing is submitted")
+    print(f"calibration: {calibration.describe()}")
+    if calibration.published:
+        print("  (published, not measured here: measure this hardware with benchmarks/throughput.py --save)")
+    costs_of: dict[Any, Any] = {}
+    header = (f"{'method':8s} {'AA':2s} {'paper':>5s} {'batch':>6s} {'devices':>11s} {'steps':>9s} "
+              f"{'step (s)':>9s} {'wall time':>11s} {unit:>12s}  run id")
+    print(header)
+    total_hours, total_wall, longest = 0.0, 0.0, 0.0
+    for run in runs:
+        cfg = run.config
+        network = model.network_of_config(cfg.flat())
+        if network not in costs_of:
+            costs_of[network] = model.costs_for(calibration, network)
+        trainers, workers = run_devices(cfg)
+        projection = model.project(cfg.method, cfg.batch_size, run_steps(cfg), trainers, workers, costs_of[network])
+        total_hours += projection.device_hours
+        total_wall += projection.wall_s
+        longest = max(longest, projection.wall_s)
+        devices = f"{trainers} + {workers}"
+        print(f"{cfg.method:8s} {'AA' if cfg.autoaugment else '--':2s} {cfg.paper_batch:>5s} "
+              f"{format_batch(cfg.batch_size):>6s} {devices:>11s} {projection.steps:>9,d} "
+              f"{projection.step.seconds:>9.4g} {duration(projection.wall_s):>11s} "
+              f"{projection.device_hours:>12,.2f}  {run.run_id}")
+    for network, costs in costs_of.items():
+        scaled = "" if costs.compute_scale == 1 else f", compute x{costs.compute_scale:.4g} of the calibrated network's"
+        print(f"network: {network.describe()}, {model.forward_macs(network) / 1e6:,.1f} M MACs per image{scaled}")
+    print("devices: trainers + attack workers, one GPU each" if calibration.device == "cuda" else
+          "devices: trainers + attack workers, each one machine like the calibration's")
+    print("assumptions: " + "; ".join(model.assumptions_text(next(iter(costs_of.values())), calibration)[1:])
+          if costs_of else "assumptions: none (no run)")
+    print(f"grid: {len(runs)} run{'s' if len(runs) != 1 else ''}, {total_hours:,.1f} {unit}, "
+          f"{duration(total_wall)} of run time in all (the longest run {duration(longest)}; runs in parallel "
+          "finish sooner)")
+    return 0
