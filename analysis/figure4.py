@@ -231,8 +231,8 @@ def figure4(experiment: Experiment, points: list[Point], scale: str, calibration
         per = per_worker.get(panel)
         ax.set_title(f"{panel} {'one trainer per ' + str(per) + ' examples at the paper scale' if per else ''}",
                      fontsize=10)
-        ax.set_xlabel("batch size (paper scale, log2 axis" + ("" if scale == "paper" else
-                      f"; trained batch at the {scale} scale in parentheses") + ")")
+        ax.set_xlabel("paper batch size (log2 axis)" + ("" if scale == "paper" else
+                      f"; trained at the {scale} scale in parentheses"))
         ax.set_ylabel("throughput (images/ms, log axis)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="best", fontsize=7)

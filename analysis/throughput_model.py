@@ -488,6 +488,11 @@ def project(method: str, batch: int, steps: int, trainers: int, attack_workers: 
     return Projection(step_time(method, batch, trainers, attack_workers, costs), steps)
 
 
+def _time(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 \
+        else f"{seconds * 1e6:.3g} us"
+
+
 def assumptions_text(costs: Costs, calibration: Calibration) -> list[str]:
     """The assumptions behind a projection, as short lines for a figure or a terminal."""
     lines = [f"calibration: {calibration.describe()}"]
@@ -496,8 +501,8 @@ def assumptions_text(costs: Costs, calibration: Calibration) -> list[str]:
         "compute per example independent of the per-device batch (perfect data-parallel scaling)",
         f"ring all-reduce of {costs.gradient_bytes / 1e6:,.1f} MB at {costs.allreduce_bytes_per_s / 1e9:.3g} GB/s, "
         f"{costs.hop_latency_s * 1e6:g} us per hop, not overlapped with the backward pass",
-        f"theta broadcast {costs.broadcast_s * 1e3:.3g} ms, adversarial example transfer "
-        f"{costs.transfer_s_per_example * 1e6:.3g} us each; attack workers overlap the trainers' step (tau=1)",
+        f"theta broadcast {_time(costs.broadcast_s)}, adversarial example transfer "
+        f"{_time(costs.transfer_s_per_example)} each; attack workers overlap the trainers' step (tau=1)",
         "evaluation, data loading, checkpoints and start-up not counted",
     ]
     return lines
