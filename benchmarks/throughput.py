@@ -223,7 +223,8 @@ def measure_communication(cfg: Config, ctx: Any, repeats: int = 10) -> dict[str,
     return {"broadcast_s": broadcast, "weights_bytes": nbytes, "transfer_s": transfer_s,
             "transfer_s_per_example": transfer_s / cfg.batch_size, "allreduce_s": allreduce,
             "allreduce_bytes_per_s": nbytes / allreduce if allreduce > 0 else None,
-            "params": sum(p.numel() for p in network.parameters())}
+            "params": sum(p.numel() for p in network.parameters()), "in_channels": bundle.in_channels,
+            "image_size": bundle.image_size}
 
 
 def median_ms(values: list[float]) -> float:
@@ -301,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         b = cfg.batch_size
         atomic_write_json(args.save, {
             "schema": 1, "machine": f"{where}, {os.cpu_count()} cores, {device.type.upper()}",
-            "device": device.type, "device_name": where, "model": cfg.model.name,
-            "image_size": cfg.model.input_size, "params": comm["params"], "weights_bytes": comm["weights_bytes"],
+            "device": device.type, "device_name": where, "model": cfg.model.name, "width": cfg.model.width,
+            "in_channels": comm["in_channels"], "image_size": comm["image_size"], "params": comm["params"], "weights_bytes": comm["weights_bytes"],
             "batch": b, "command": "python benchmarks/throughput.py " + " ".join(argv or sys.argv[1:]),
             "date": datetime.date.today().isoformat(),
             "per_example_s": {"vanilla": med["vanilla"] / b, "train_only": med["train_only"] / b,
