@@ -5,7 +5,11 @@
     python analysis/make_tables.py --source wandb --entity E --project P --scale paper
 
 Writes `results/<scale>/<table>.md`, `.csv` (one line per cell and metric: ours, paper, difference,
-run ids) and `.tex` for Tables 1, 2, 4 and 5, and `table6.*` (the hyperparameters). Table 3 (training
+run ids, the seeds and their values) and `.tex` for Tables 1, 2, 4 and 5 (and the staleness grid), and
+`table6.*` (the hyperparameters). With several seeds per cell (the proxy scale) a cell is mean±std (n),
+and the Markdown adds the paired differences of each row against vanilla and DisAdv on the same seeds
+with their 95% paired-t interval (also in `<table>_paired.csv`; see analysis/tables.py). `--set` reads
+the runs of a launcher variation (`launch ... --set KEY=VALUE`). Table 3 (training
 time) is the wall time to a target top-1 (analysis/table3.py). Each table says how many of its
 cells are filled and at which scale; a cell without a finished run shows as missing. Only this scale's
 files of the tables asked for are rewritten, each atomically.
@@ -23,10 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pandas as pd  # noqa: E402
 
 from analysis.records import load_runs, planned  # noqa: E402
-from analysis.tables import cell_results, filled, layout, long_form, to_latex, to_markdown  # noqa: E402
+from analysis.tables import (  # noqa: E402
+    PAIRED_NOTE,
+    cell_results,
+    filled,
+    layout,
+    long_form,
+    paired_for,
+    paired_layout,
+    paired_long_form,
+    to_latex,
+    to_markdown,
+)
 from conadv_repro.atomic import atomic_write_text  # noqa: E402
 from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E402
-from conadv_repro.launch.plan import check_scale  # noqa: E402
+from conadv_repro.launch.plan import check_scale, parse_sets  # noqa: E402
 from conadv_repro.presets import KIBI, TABLE6  # noqa: E402
 
 TABLES = ("table1", "table2", "table4", "table5")
@@ -51,9 +66,10 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def table6(frame: pd.DataFrame, scale: str, runs_dir: Path) -> tuple[pd.DataFrame, int]:
+def table6(frame: pd.DataFrame, scale: str, runs_dir: Path, sets: dict[str, str] | None = None
+           ) -> tuple[pd.DataFrame, int]:
     """Table 6's hyperparameters: what our vanilla runs at 32k/64k/96k used, beside the paper's."""
-    _, runs = planned(["table1"], scale, runs_dir)
+    _, runs = planned(["table1"], scale, runs_dir, sets)
     by_id = {row["run_id"]: row for row in frame.to_dict("records")} if not frame.empty else {}
     paper_rows = {
         "Peak LR": lambda b: TABLE6[b][0], "Epoch": lambda b: 90, "Weight Decay": lambda b: 5e-4,
@@ -96,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="read the run records (default) or W&B")
     parser.add_argument("--entity", default="", help="W&B entity (with --source wandb)")
     parser.add_argument("--project", default="", help="W&B project (with --source wandb)")
+    parser.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="the runs of a launcher variation made with the same --set items")
     parser.add_argument("--quiet", action="store_true", help="print only the summary lines")
     args = parser.parse_args(argv)
     check_scale(args.scale)
+    sets = parse_sets(args.sets)
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
     if not names:
         raise UserError(f"--experiments {args.experiments!r} names nothing; allowed: {', '.join(TABLES + EXTRA)}, all")
@@ -111,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"unknown experiment {n!r}; allowed: {', '.join(TABLES + EXTRA)}, all")
             if n not in wanted:
                 wanted.append(n)
-    experiments, runs = planned([n for n in wanted if n in TABLES], args.scale, args.runs_dir)
+    experiments, runs = planned([n for n in wanted if n in TABLES], args.scale, args.runs_dir, sets)
     if args.source == "wandb":
         from analysis.wandb_source import load_wandb
 
@@ -132,15 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         caption = f"{experiment.title} -- reproduced / paper (difference); {done} of {total} cells filled"
         markdown = (f"# {experiment.title}\n\n{done} of {total} cells filled, {note}. Each cell: ours / the "
                     f"paper's (ours - paper).\n\n{to_markdown(grid)}\n")
+        pairs = paired_for(experiment, results, frame, scale=args.scale, runs_dir=args.runs_dir, sets=sets)
+        if any(p.n for p in pairs):
+            markdown += (f"\n## Paired differences\n\n{PAIRED_NOTE}\n\n"
+                         f"{to_markdown(paired_layout(experiment, pairs))}\n")
         atomic_write_text(out / f"{experiment.name}.md", markdown)
         atomic_write_text(out / f"{experiment.name}.csv", long_form(results, args.scale).to_csv(index=False))
+        atomic_write_text(out / f"{experiment.name}_paired.csv", paired_long_form(pairs, args.scale).to_csv(index=False))
         atomic_write_text(out / f"{experiment.name}.tex", to_latex(grid, f"{caption} ({args.scale} scale)"))
         print(f"{experiment.name}: {done} of {total} cells filled ({args.scale} scale) -> "
               f"{out / experiment.name}.md/.csv/.tex")
         if not args.quiet:
             print(f"\n{markdown}")
     if "table6" in wanted:
-        grid, found = table6(frame, args.scale, args.runs_dir)
+        grid, found = table6(frame, args.scale, args.runs_dir, sets)
         markdown = (f"# Table 6: Hyperparameters of ResNet-50 on ImageNet\n\n{found} of 3 columns filled, "
                     f"{note}. Each cell: ours / the paper's.\n\n{to_markdown(grid)}\n")
         atomic_write_text(out / "table6.md", markdown)

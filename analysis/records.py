@@ -81,8 +81,10 @@ def load_curves(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame([row for row in read_jsonl(Path(run_dir) / METRICS_FILE) if row.get("kind") == "epoch"])
 
 
-def planned(experiment_names: list[str], scale: str, runs_dir: Path) -> tuple[list[Experiment], list[PlannedRun]]:
+def planned(experiment_names: list[str], scale: str, runs_dir: Path, sets: dict[str, str] | None = None
+            ) -> tuple[list[Experiment], list[PlannedRun]]:
     """The experiments and the runs their cells stand for at `scale` (the launcher's own expansion, so
-    a table cell finds exactly the run the launcher trained)."""
+    a table cell finds exactly the run the launcher trained; `sets` are the launcher's `--set` items of a
+    variation)."""
     experiments = load_experiments(experiment_names)
-    return experiments, expand(experiments, scale=scale, runs_dir=runs_dir, sets={}, check_data=False)
+    return experiments, expand(experiments, scale=scale, runs_dir=runs_dir, sets=sets or {}, check_data=False)
