@@ -28,6 +28,8 @@ def test_table1_whole_at_smoke_scale(runs_dir, cli_env, tmp_path):
     ("table4", ["row=ConAdv + AA", "column=16k"]),
     ("table5", ["row=ResNet-50 + ConAdv + AA 64k", "column=p=0"]),
     ("figure2", ["row=ResNet-50+AA", "column=256k"]),
+    ("table3", ["row=ConAdv", "column=32k"]),  # Table 1's run: finished above, nothing to train
+    ("figure4", ["row=(b) ConAdv", "column=512"]),  # a trainer and an attack worker: a two-process job
 ])
 def test_one_run_of_each_other_grid(runs_dir, cli_env, tmp_path, experiment, only):
     filters = [arg for item in only for arg in ("--only", item)]
