@@ -106,7 +106,9 @@ def run_timing(row: Mapping[str, Any], target: float) -> RunTiming:
     return RunTiming(
         run_id=str(row.get("run_id")), status=str(row.get("status")),
         time_to_target_s=time_to_target(epochs, target, final_top1=final_top1, wall_time_s=wall),
-        wall_time_s=wall, final_top1=final_top1, executor=record.get("executor"),
+        wall_time_s=wall, final_top1=final_top1,
+        # null: a method with no attack executor; a missing key: a record older than the field.
+        executor=(record.get("executor") or "none") if "executor" in record else None,
         world_size=int(dist.get("world_size") or 1), trainers=int(dist.get("trainers") or 1),
         attack_workers=int(dist.get("attack_workers") or 0), backend=dist.get("backend"),
         device=row.get("device") if isinstance(row.get("device"), str) else None)

@@ -331,7 +331,15 @@ def load_calibration(path: str | Path) -> Calibration:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"calibration {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
-    return parse_calibration(data, str(path))
+    return parse_calibration(data, _shown(path))
+
+
+def _shown(path: Path) -> str:
+    """The path as the user knows it: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 # The fallback when no calibration of the hardware exists: one published number, the rest from the cost
