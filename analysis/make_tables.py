@@ -44,7 +44,7 @@ from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E40
 from conadv_repro.launch.plan import check_scale, parse_sets  # noqa: E402
 from conadv_repro.presets import KIBI, TABLE6  # noqa: E402
 
-TABLES = ("table1", "table2", "table4", "table5")
+TABLES = ("table1", "table2", "table4", "table5", "staleness")
 EXTRA = ("table6", "table3")  # hyperparameters; training time (analysis/table3.py)
 SCALE_NOTES = {
     "smoke": "smoke scale: a few steps per run on the embedded digits; it checks the plumbing and its "
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="smoke", help="smoke, proxy, cifar10 or paper (default: smoke)")
     parser.add_argument("--experiments", default="all", help="comma-separated: table1, table2, table4, table5, "
-                                                             "table6 (hyperparameters), table3, or all (default)")
+                                                             "staleness, table6 (hyperparameters), table3, or all "
+                                                             "(default)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the runs are (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--source", default="records", choices=("records", "wandb"),

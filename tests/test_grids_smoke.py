@@ -30,6 +30,7 @@ def test_table1_whole_at_smoke_scale(runs_dir, cli_env, tmp_path):
     ("figure2", ["row=ResNet-50+AA", "column=256k"]),
     ("table3", ["row=ConAdv", "column=32k"]),  # Table 1's run: finished above, nothing to train
     ("figure4", ["row=(b) ConAdv", "column=512"]),  # a trainer and an attack worker: a two-process job
+    ("staleness", ["row=ConAdv tau=2", "column=96k"]),
 ])
 def test_one_run_of_each_other_grid(runs_dir, cli_env, tmp_path, experiment, only):
     filters = [arg for item in only for arg in ("--only", item)]

@@ -40,7 +40,7 @@ def test_list_names_every_experiment_with_its_run_counts(tmp_path, cli_env):
     assert out.returncode == 0, out.stderr
     for name in ("table1", "table2", "table3", "table4", "table5", "figure2", "figure4", "all"):
         assert f"  {name}" in out.stdout
-    assert "smoke 28" in out.stdout and "paper 126" in out.stdout
+    assert "smoke 28" in out.stdout and "paper 138" in out.stdout
 
 
 def test_dry_run_shows_each_state_and_a_summary_last(tmp_path, cli_env):
@@ -178,7 +178,8 @@ def wait_gone(pid: int, timeout: float = 30) -> bool:
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["table9"], "unknown experiment 'table9'; allowed: table1, table2, table4, table5, figure2, all"),
+    (["table9"], "unknown experiment 'table9'; allowed: table1, table2, table3, table4, table5, figure2, figure4, "
+                 "staleness, all"),
     (["table1", "--only", "colour=red"], "--only key 'colour' is unknown"),
     (["table1", "--only", "method=sgd"], "--only method=sgd matches no run"),
     (["table1", "--profile", "nosuch"], "unknown profile 'nosuch'; allowed: "),

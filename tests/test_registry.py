@@ -20,11 +20,11 @@ def runs_of(names, scale="smoke", sets=None, data_root=""):
 def test_grids_have_the_papers_shapes():
     sizes = {e.name: len(e.cells) for e in load_experiments(["all"])}
     assert sizes == {"table1": 28, "table2": 21, "table3": 9, "table4": 12, "table5": 72, "figure2": 18,
-                     "figure4": 21}
+                     "figure4": 21, "staleness": 21}
     t1 = load_experiment("table1")
     assert t1.columns == ("1k", "4k", "8k", "16k", "32k", "64k", "96k")
     assert set(t1.rows) == {"ResNet-50", "ResNet-50+AA", "ResNet-50+DisAdv", "ResNet-50+ConAdv"}
-    with pytest.raises(UserError, match="unknown experiment 'table9'; allowed: table1, table2, table3, table4, table5, figure2, figure4, all"):
+    with pytest.raises(UserError, match="unknown experiment 'table9'; allowed: table1, table2, table3, table4, table5, figure2, figure4, staleness, all"):
         load_experiment("table9")
 
 
@@ -58,12 +58,13 @@ def test_epsilon_follows_table5s_best_cells():
 
 def test_shared_runs_are_one_run():
     everything = runs_of(["all"])
-    assert len(everything) == len({r.run_id for r in everything}) == 126  # Table 3's are Table 1's
+    # Table 3's are Table 1's; the staleness grid adds ConAdv at tau 0, 2, 4 and the noise control at 3 batches.
+    assert len(everything) == len({r.run_id for r in everything}) == 138
     table4 = {r.run_id for r in runs_of(["table4"])}
     assert table4 <= {r.run_id for r in runs_of(["table1", "table2"])}
     vanilla_32k = next(r for r in everything if r.config.method == "vanilla" and not r.config.autoaugment
                        and r.config.paper_batch == "32k")
-    assert {use[0] for use in vanilla_32k.uses} == {"table1", "table2", "table3", "table4", "figure2"}
+    assert {use[0] for use in vanilla_32k.uses} == {"table1", "table2", "table3", "table4", "figure2", "staleness"}
     # Table 5's p=3 at 32k is Table 1's ConAdv 32k run.
     conadv_32k = next(r for r in everything if r.config.method == "conadv" and not r.config.autoaugment
                       and r.config.paper_batch == "32k" and r.config.attack.epsilon == 3)
@@ -147,3 +148,19 @@ def test_status_plans_without_the_dataset():
     assert len(runs) == 28
     with pytest.raises(UserError, match="holds no ImageNet"):
         runs_of(["table1"], scale="paper", data_root="/nonexistent")
+
+
+def test_staleness_grid_shares_table1s_runs_and_varies_only_tau():
+    table1 = {(r.config.method, r.config.paper_batch): r.run_id for r in runs_of(["table1"])
+              if not r.config.autoaugment}
+    cells = {(use[1], use[2]): r for r in runs_of(["staleness"]) for use in r.uses if use[0] == "staleness"}
+    for batch in ("8k", "32k", "96k"):
+        assert cells[("Vanilla", batch)].run_id == table1[("vanilla", batch)]
+        assert cells[("DisAdv", batch)].run_id == table1[("disadv", batch)]
+        assert cells[("ConAdv tau=1", batch)].run_id == table1[("conadv", batch)]
+        tau1 = cells[("ConAdv tau=1", batch)].config
+        for tau in (0, 2, 4):
+            cfg = cells[(f"ConAdv tau={tau}", batch)].config
+            assert cfg.conadv.tau == tau and cfg.replace({"conadv.tau": 1}).run_id() == tau1.run_id()
+        noise = cells[("Noise (control)", batch)].config
+        assert noise.method == "noise" and noise.attack.epsilon == tau1.attack.epsilon
