@@ -58,7 +58,7 @@ class RunJob:
 
         from conadv_repro.engine.lock import read_lock
 
-        if submitit.JobEnvironment().num_tasks > 1:
+        if job_tasks() > 1:
             # One run on several tasks (one per GPU): MASTER_ADDR/PORT, RANK, WORLD_SIZE for torch.distributed.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
@@ -90,6 +90,16 @@ class RunJob:
 
         mark_requeued()
         return submitit.helpers.DelayedSubmission(RunJob(self.specs, self.threads))
+
+
+def job_tasks() -> int:
+    """Tasks of the submitit job this process belongs to (1 outside a job, e.g. called directly)."""
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().num_tasks
+    except RuntimeError:
+        return 1
 
 
 def run_tasks(config: dict[str, Any]) -> int:
