@@ -433,7 +433,7 @@ def build_config(values: Mapping[str, Any], *, _explicit: set[str] | None = None
     typed = {key: _coerce(key, raw) for key, raw in values.items()}
     explicit = set(values) if _explicit is None else _explicit
     scale = typed.get("scale", "")
-    merged = {**preset_values(scale), **typed}
+    merged = {**preset_values(scale, typed), **typed}
     if merged.get("optim.lr_rule", "fixed") != "fixed":
         clash = sorted(k for k in ("optim.lr", "schedule.warmup_epochs") if k in explicit)
         if clash:
