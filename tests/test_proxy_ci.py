@@ -1,0 +1,51 @@
+"""The proxy evidence's path, reduced so that CI runs it: the launcher at the proxy scale (its LRs, warmup
+and seeds) with two seeds, two batch sizes and a one-epoch budget, then make_tables on those runs, into a
+temporary folder. The committed results/proxy/ is never read or written."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import run_cli
+
+REDUCED = ["--only", "seed=0,1", "--only", "paper_batch=8k,96k", "--set", "epochs=1"]
+
+
+def snapshot(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
+
+
+@pytest.mark.slow
+def test_reduced_proxy_evidence_trains_and_renders(tmp_path, cli_env):
+    committed = snapshot(REPO / "results" / "proxy")
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    start = time.time()
+    out = run_cli(["-m", "conadv_repro.launch", "table1", "table4", "--scale", "proxy", "--cluster", "local",
+                   "--runs-dir", str(runs), *REDUCED], cli_env, tmp_path, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    # Table 1's four rows at 8k and 96k, and Table 4's ConAdv + AutoAugment at 96k, two seeds each.
+    assert out.stdout.strip().splitlines()[-1] == "18 runs: 18 finished"
+    tables = run_cli([str(REPO / "analysis" / "make_tables.py"), "--scale", "proxy", "--runs-dir", str(runs),
+                      "--out", str(results), "--experiments", "table1,table4", "--set", "epochs=1", "--quiet"],
+                     cli_env, tmp_path)
+    elapsed = time.time() - start
+    assert tables.returncode == 0, tables.stderr
+    assert "table1: 8 of 28 cells filled (proxy scale)" in tables.stdout
+    cells = pd.read_csv(results / "proxy" / "table1.csv")
+    filled = cells[cells["runs_finished"] > 0]
+    assert set(filled["column"]) == {"8k", "96k"} and set(filled["runs_finished"]) == {2}
+    assert set(filled["seeds"]) == {"0 1"} and set(filled["runs"]) == {5}
+    pairs = pd.read_csv(results / "proxy" / "table1_paired.csv")
+    done = pairs[pairs["n"] > 0]
+    assert len(done) == 2 * (3 + 1)  # AA, DisAdv, ConAdv - vanilla; ConAdv - DisAdv; at two batch sizes
+    assert done["ci_low"].notna().all() and (done["ci_low"] <= done["mean_diff"]).all()
+    markdown = (results / "proxy" / "table1.md").read_text()
+    assert "(n=2)" in markdown and "## Paired differences" in markdown
+    gap = pd.read_csv(results / "proxy" / "table4.csv")
+    assert set(gap.loc[gap["runs_finished"] > 0, "column"]) == {"96k"}
+    assert snapshot(REPO / "results" / "proxy") == committed
+    print(f"reduced proxy evidence: {elapsed:.0f} s")
