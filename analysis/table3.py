@@ -4,7 +4,8 @@ run's total wall time, beside the paper's time, with the executor and devices ea
 Time to target: the `elapsed_s` of the first epoch row of `metrics.jsonl` whose `test_top1` reaches the
 target (training plus the evaluations until then, as MLPerf counts it); when training ends between epochs
 (the smoke scale), the final evaluation counts too, at the record's `wall_time_s`. A finished run that
-never reaches the target shows "/", as the paper's vanilla 64k does. The target of each scale is Table 3's
+never reaches the target shows "not reached" (the paper prints "/" for its vanilla 64k; here "/"
+already separates ours from the paper's). The target of each scale is Table 3's
 `settings["target_top1"]` (experiments/table3.py). With several seeds (the proxy scale) a cell is the mean
 over the seeds that reached the target, and says how many did.
 
@@ -158,7 +159,7 @@ class Table3Cell:
         if metric != "time_to_target_s":
             return "n/a"
         if self.paper_not_reached:
-            return "/"
+            return "not reached"
         return "n/a" if self.paper is None else seconds(self.paper)
 
     def text(self, metric: str) -> str:
@@ -168,7 +169,7 @@ class Table3Cell:
             return f"missing ({', '.join(waiting)}) / {paper}" if waiting else f"missing / {paper}"
         values = self.values(metric)
         if not values:
-            ours = "/" if metric == "time_to_target_s" else "n/a"
+            ours = "not reached" if metric == "time_to_target_s" else "n/a"
             if metric == "time_to_target_s" and len(self.timings) > 1:
                 ours += f" (0 of {len(self.timings)} reached)"
             return f"{ours} / {paper}"
@@ -214,7 +215,7 @@ def runs_layout(cells: list[Table3Cell]) -> pd.DataFrame:
     for cell in cells:
         for t in cell.timings:
             labels.append(f"{cell.row} {cell.column}")
-            rows.append([t.run_id, "/" if t.time_to_target_s is None else seconds(t.time_to_target_s),
+            rows.append([t.run_id, "not reached" if t.time_to_target_s is None else seconds(t.time_to_target_s),
                          "n/a" if t.wall_time_s is None else seconds(t.wall_time_s),
                          "n/a" if t.final_top1 is None else f"{t.final_top1:.2f}",
                          t.executor or "unrecorded", t.setup(), t.device or "unrecorded"])

@@ -136,8 +136,9 @@ class ConAdvConfig:
                        hashed=False)
     attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run: they receive theta_t by "
                              "broadcast after each update and send the trainers their adversarial examples "
-                             "point to point (0: none, the attack runs on the trainers' executor)",
-                             minimum=0, hashed=False)
+                             "point to point (0: none, the attack runs on the trainers' executor); part of the "
+                             "run id, like runtime.trainers: the same weights up to summation order, but another "
+                             "measurement for Table 3 and Figure 4", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class RuntimeConfig:
     threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
     trainers: int = _f(0, "trainer processes of a multi-process run (one GPU each); the launcher asks for "
                        "trainers + conadv.attack_workers tasks; 0 = every rank that is not an attack worker "
-                       "(1 when the launcher starts it)", minimum=0, hashed=False)
+                       "(1 when the launcher starts it)", minimum=0)
     dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on the CPU), nccl, gloo",
                            choices=("auto", "nccl", "gloo"), hashed=False)
     dist_timeout_s: float = _f(1800.0, "timeout of every collective and point-to-point transfer, seconds: a "

@@ -20,8 +20,8 @@ EXAMPLES = """examples:
   python -m conadv_repro.train                                  # the embedded default, about 25 s on a 2-core CPU
   python -m conadv_repro.train --run-dir runs/aa autoaugment=true
   python -m conadv_repro.train --run-dir runs/r50 scale=paper batch_size=32k data_root=/data/imagenet
-  torchrun --standalone --nproc-per-node 3 -m conadv_repro.train --run-dir runs/w method=conadv \
-      conadv.attack_workers=1 runtime.device=cpu   # 2 trainers (DDP over gloo) + 1 attack worker
+  torchrun --standalone --nproc-per-node 3 -m conadv_repro.train --run-dir runs/w method=conadv conadv.attack_workers=1
+                                                                # 2 trainers (DDP, gloo on the CPU) + 1 attack worker
 """
 
 

@@ -239,9 +239,11 @@ def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path
 
 
 def test_a_job_asks_for_one_gpu_per_process_of_its_run():
+    from conadv_repro.config import config_from_overrides
     from conadv_repro.errors import UserError
     from conadv_repro.launch.profiles import Profile
-    from conadv_repro.launch.submit import job_resources, run_tasks
+    from conadv_repro.launch.submit import job_resources
+    from conadv_repro.layout import run_processes
 
     node = Profile(name="big", gpus_per_node=8)
     assert job_resources("slurm", node, 1) == {"tasks_per_node": 1, "nodes": 1, "gpus_per_node": 1}
@@ -253,6 +255,21 @@ def test_a_job_asks_for_one_gpu_per_process_of_its_run():
         job_resources("slurm", node, 12)
     with pytest.raises(UserError, match="cannot run in-process"):
         job_resources("debug", node, 2)
-    conadv = {"method": "conadv", "conadv": {"attack_workers": 2}, "runtime": {"trainers": 4}}
-    assert run_tasks(conadv) == 6
-    assert run_tasks({"method": "vanilla", "conadv": {"attack_workers": 2}, "runtime": {"trainers": 0}}) == 1
+    conadv = config_from_overrides(["method=conadv", "conadv.attack_workers=2", "runtime.trainers=4"])
+    assert run_processes(conadv) == 6
+    assert run_processes(config_from_overrides(["method=vanilla"])) == 1
+
+
+def test_a_layout_that_cannot_work_is_refused_while_planning(tmp_path, cli_env):
+    # Batch 8 in BN groups of 8 cannot split over 2 trainers: one line, exit 2, nothing written.
+    runs = tmp_path / "runs"
+    for extra in ([], ["--dry-run"], ["--estimate"]):
+        out = run_cli(["-m", "conadv_repro.launch", "figure4", "--cluster", "local", "--runs-dir", str(runs),
+                       "--only", "method=vanilla", "paper_batch=4k", "--set", "runtime.trainers=2", *extra],
+                      cli_env, tmp_path)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "does not split over 2 trainers" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = run_cli(["-m", "conadv_repro.launch", "figure4", "--cluster", "debug", "--runs-dir", str(runs),
+                   "--only", "method=conadv", "paper_batch=4k"], cli_env, tmp_path)
+    assert out.returncode == 2 and "cannot run in-process" in out.stderr
+    assert not runs.exists()

@@ -82,7 +82,7 @@ def test_table3_cells_from_synthetic_runs(tmp_path, capsys):
     assert cell.loc[("DisAdv", "16k", "time_to_target_s"), "statuses"] == "unfinished"
 
     markdown = (out / "smoke" / "table3.md").read_text()
-    assert "| ResNet-50: time to 20% | 6.5s / 1194s (-1188s) | / / 622s | 5.5s / / |" in markdown
+    assert "| ResNet-50: time to 20% | 6.5s / 1194s (-1188s) | not reached / 622s | 5.5s / not reached |" in markdown
     assert "| ResNet-50: total wall time | 8.0s / n/a | 7.0s / n/a | 5.5s / n/a |" in markdown
     assert "| DisAdv: time to 20% | missing (unfinished) / 1657s | missing (failed) / 1191s | missing / 592s |" \
         in markdown

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
+from conadv_repro.layout import check_layout
 
 HEARTBEAT_S = 1.0
 _HEARTBEAT_KEY = "conadv/heartbeat/{}"
@@ -92,32 +93,6 @@ def env_world_size() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         raise UserError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not an integer") from None
-
-
-def check_layout(cfg: Config, world_size: int) -> tuple[int, int]:
-    """(trainers, attack workers) of a run on `world_size` processes; a one-line error if the config does
-    not fit: global batch = trainers x micro-batch x accumulation steps, whole BN groups everywhere."""
-    workers = cfg.conadv.attack_workers if cfg.method == "conadv" else 0
-    trainers = world_size - workers
-    if trainers < 1:
-        raise UserError(f"conadv.attack_workers={workers} leaves no trainer among {world_size} processes; "
-                        f"allowed: at most {world_size - 1}")
-    if cfg.runtime.trainers and cfg.runtime.trainers != trainers:
-        raise UserError(f"runtime.trainers={cfg.runtime.trainers} but {world_size} processes with "
-                        f"conadv.attack_workers={workers} give {trainers} trainers; start "
-                        f"{cfg.runtime.trainers + workers} processes or set runtime.trainers=0")
-    group, batch = cfg.bn.group_size, cfg.batch_size
-    if batch % trainers or (batch // trainers) % group:
-        raise UserError(f"batch_size={batch} does not split over {trainers} trainers into whole BN groups of "
-                        f"bn.group_size={group}; allowed: a trainer count dividing {batch // group}")
-    local = batch // trainers
-    if cfg.runtime.micro_batch and local % cfg.runtime.micro_batch:
-        raise UserError(f"runtime.micro_batch={cfg.runtime.micro_batch} does not divide the per-trainer batch "
-                        f"{local} (batch_size={batch} / {trainers} trainers)")
-    if workers and (batch % workers or (batch // workers) % group):
-        raise UserError(f"batch_size={batch} does not split over conadv.attack_workers={workers} into whole BN "
-                        f"groups of bn.group_size={group}; allowed: a worker count dividing {batch // group}")
-    return trainers, workers
 
 
 def init_distributed(cfg: Config) -> DistContext:

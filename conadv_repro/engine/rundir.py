@@ -116,8 +116,9 @@ def _git(*args: str) -> str | None:
 
 def environment_info(device: torch.device) -> dict[str, Any]:
     """What produced a run: versions of the package, torch, CUDA, cuDNN and every installed package."""
-    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
-                      if d.metadata["Name"])
+    # A set: an editable install can be listed twice (its .egg-info and its .dist-info).
+    packages = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                       if d.metadata["Name"]})
     info: dict[str, Any] = {
         "package_version": conadv_repro.__version__,
         "git_commit": _git("rev-parse", "HEAD") or "unknown",

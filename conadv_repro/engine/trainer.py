@@ -315,7 +315,7 @@ class Trainer:
         if d.trainers > 1:
             layout = f"{d.trainers} trainers x {layout}"
         if d.attack_workers:
-            layout += f", {d.attack_workers} attack workers"
+            layout += f", {d.attack_workers} attack worker{'s' if d.attack_workers > 1 else ''}"
         return (f"{self.cfg.method} on {self.cfg.data} ({d.num_train} train examples), {self.cfg.model.name}, "
                 f"batch {format_batch(self.cfg.batch_size)} ({layout}), "
                 f"{d.total_steps} steps ({d.steps_per_epoch}/epoch), peak LR {d.peak_lr:g}, "

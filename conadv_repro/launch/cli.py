@@ -26,6 +26,7 @@ from conadv_repro.config import format_batch
 from conadv_repro.errors import OneLineParser, UserError, cli_entry
 from conadv_repro.launch.plan import PlannedRun, apply_filters, check_scale, expand, parse_sets
 from conadv_repro.launch.states import RunState, SlurmJobs, run_state, summary_line
+from conadv_repro.layout import check_layout, run_processes
 from conadv_repro.presets import LAUNCH_SCALES, SCALE_DESCRIPTIONS
 from conadv_repro.registry import experiment_names, load_experiments
 
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="scales:\n" + "\n".join(f"  {s:8s} {d}" for s, d in SCALE_DESCRIPTIONS.items()))
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
-                        help="table1, table2, table4, table5, figure2, or all (after an optional command: "
-                             "status or cancel)")
+                        help="an experiment of --list (table1 ... figure4, staleness) or all (after an optional "
+                             "command: status or cancel)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
     parser.add_argument("--dry-run", action="store_true", help="show the plan and submit nothing")
@@ -72,7 +73,14 @@ def plan(args: argparse.Namespace, *, check_data: bool = True) -> list[PlannedRu
     experiments = load_experiments(args.experiments)
     runs = expand(experiments, scale=args.scale, runs_dir=args.runs_dir, sets=parse_sets(args.sets),
                   data_root=args.data_root, check_data=check_data)
-    return apply_filters(runs, args.only)
+    runs = apply_filters(runs, args.only)
+    for run in runs:  # a layout that cannot work is refused here, not by every rank of a submitted job
+        try:
+            check_layout(run.config, run_processes(run.config))
+        except UserError as error:
+            raise UserError(f"run {run.run_id} ({run.config.method} at {run.config.paper_batch or run.config.batch_size}): "
+                            f"{error}") from None
+    return runs
 
 
 def plural(count: int, word: str) -> str:
@@ -145,6 +153,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     states = [run_state(run.run_dir, jobs) for run in runs]
     todo_states = ("missing", "unfinished", *(("failed",) if args.retry_failed else ()))
     todo = [run for run, state in zip(runs, states, strict=True) if state.state in todo_states]
+    for run in todo:  # refuse a job the cluster cannot give before anything is claimed or written
+        submit.job_resources(cluster, profile, run_processes(run.config))
     summary = summary_line([s.state for s in states])
     if args.dry_run:
         print_runs(runs, states)
@@ -187,11 +197,9 @@ def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -
         return []
     if cluster == "debug":
         return [runs]
-    from conadv_repro.launch.submit import run_tasks
-
     # A run on several processes has a job of its own (its tasks are its ranks).
-    multi = [[run] for run in runs if run_tasks(run.config.to_dict()) > 1]
-    runs = [run for run in runs if run_tasks(run.config.to_dict()) == 1]
+    multi = [[run] for run in runs if run_processes(run.config) > 1]
+    runs = [run for run in runs if run_processes(run.config) == 1]
     per_job = args.runs_per_job
     if per_job <= 0:
         if cluster == "local":
@@ -237,7 +245,7 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     groups = group_runs([run for run, _ in claimed], cluster, args)
     folder = args.runs_dir / args.scale / "_jobs"
     executor = submit.make_executor(cluster, folder, profile)
-    tasks = [submit.run_tasks(group[0].config.to_dict()) for group in groups]
+    tasks = [run_processes(group[0].config) for group in groups]
     threads = submit.default_threads(cluster, sum(tasks))
     jobs_made = []
     try:

@@ -1,7 +1,7 @@
 """Cluster profiles: `slurm/profiles/NAME.toml` at the repository root, one per cluster.
 
     partition = "gpu"          # Slurm partition
-    gpus_per_node = 1          # GPUs per job (a run trains on one GPU in this release)
+    gpus_per_node = 8          # GPUs per node; a job asks for one per process of its run
     cpus_per_task = 10
     mem_gb = 64                # memory per task
     time_min = 1440            # time limit of a job, minutes

@@ -102,13 +102,6 @@ def job_tasks() -> int:
         return 1
 
 
-def run_tasks(config: dict[str, Any]) -> int:
-    """Processes a run needs (one GPU each): its trainers plus ConAdv's attack workers."""
-    runtime, conadv = config.get("runtime", {}), config.get("conadv", {})
-    workers = int(conadv.get("attack_workers", 0)) if config.get("method") == "conadv" else 0
-    return max(int(runtime.get("trainers", 0)), 1) + workers
-
-
 def local_gpu_count() -> int:
     """GPUs of this machine (nvidia-smi, no torch import); submitit's local executor hides the others."""
     if shutil.which("nvidia-smi") is None:
