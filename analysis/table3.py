@@ -255,7 +255,7 @@ def write_table3(frame: pd.DataFrame, *, scale: str, runs_dir: Path, out: Path, 
     runs_grid = runs_layout(cells)
     markdown = (f"# {experiment.title}\n\n{done} of {total} cells filled, {note}. Each cell: ours / the paper's "
                 f"(ours - paper). Time to {target:g}%: wall time until the first evaluation at or above "
-                f"{target:g}% test top-1 (the {scale} scale's target, experiments/table3.py); "not reached": "
+                f"{target:g}% test top-1 (the {scale} scale's target, experiments/table3.py); 'not reached': "
                 "never reached (the paper prints / for its vanilla 64k). Total wall time: the whole run (the paper gives none)."
                 f"\n\n{to_markdown(grid)}\n")
     if not runs_grid.empty:
