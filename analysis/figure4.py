@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.figures import scale_note  # noqa: E402
+from analysis.figures import runs_by_use, scale_note  # noqa: E402
 from analysis.throughput_model import (  # noqa: E402
     PAPER_NETWORK,
     Calibration,
@@ -98,10 +98,7 @@ def _setup(record: Mapping[str, Any]) -> str:
 
 def figure4_points(experiment: Experiment, runs: Iterable[PlannedRun], records: pd.DataFrame) -> list[Point]:
     """Every cell of Figure 4 with its planned runs and the throughput of those that finished."""
-    by_use: dict[tuple[str, str, str], list[PlannedRun]] = {}
-    for run in runs:
-        for use in run.uses:
-            by_use.setdefault(tuple(use), []).append(run)
+    by_use = runs_by_use(runs)
     rows: dict[str, dict[str, Any]] = {}
     if not records.empty and "run_id" in records:
         rows = {str(r["run_id"]): r for r in records.to_dict("records")}

@@ -68,12 +68,18 @@ class CellRuns:
         return out
 
 
-def cells_with_runs(experiment: Experiment, runs: Iterable[PlannedRun], records: pd.DataFrame) -> list[CellRuns]:
-    """Each cell of `experiment` (in declaration order) with its planned run ids and finished runs."""
+def runs_by_use(runs: Iterable[PlannedRun]) -> dict[tuple[str, str, str], list[PlannedRun]]:
+    """(experiment, row, column) -> the planned runs of that cell (a run shared by cells is in each)."""
     by_use: dict[tuple[str, str, str], list[PlannedRun]] = {}
     for run in runs:
         for use in run.uses:
             by_use.setdefault(tuple(use), []).append(run)
+    return by_use
+
+
+def cells_with_runs(experiment: Experiment, runs: Iterable[PlannedRun], records: pd.DataFrame) -> list[CellRuns]:
+    """Each cell of `experiment` (in declaration order) with its planned run ids and finished runs."""
+    by_use = runs_by_use(runs)
     finished: dict[str, dict[str, Any]] = {}
     if not records.empty and "status" in records:
         for row in records[records["status"] == "finished"].to_dict("records"):

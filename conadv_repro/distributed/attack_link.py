@@ -19,6 +19,7 @@ t+1 as soon as step t's have arrived, so the transfer also overlaps the update.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +93,6 @@ class WeightsSender:
         self.seconds = 0.0  # host time spent issuing broadcasts (the transfer itself is asynchronous)
         self.sent_bytes = 0
 
-    @property
-    def expected(self) -> bool:
-        return bool(self.queue)
-
     def offer(self, step: int, model: nn.Module) -> None:
         """Send theta_step if the workers need it next."""
         if self.queue and self.queue[0] == step:
@@ -109,8 +106,6 @@ class WeightsSender:
             self._send(STOP, -1, None)
 
     def _send(self, kind: int, step: int, flat: Tensor | None) -> None:
-        import time
-
         t0 = time.perf_counter()
         self.wait()
         header = torch.tensor([kind, step], dtype=torch.int64, device=self.device)
@@ -170,8 +165,6 @@ class AdversarialReceiver:
 
     def batch(self, step: int, sample_shape: tuple[int, ...]) -> Tensor:
         """This trainer's adversarial examples of `step` (waits for them)."""
-        import time
-
         if step not in self._posted:
             self._post(step, sample_shape)
         buffer, works = self._posted.pop(step)

@@ -9,6 +9,7 @@ same function as the single-process ConAdv, and sends the trainers their slices.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +59,6 @@ class AttackWorker:
 
     def run(self, start: int) -> dict[str, Any]:
         """Attack steps [start, total); returns a summary (for logs and the throughput benchmark)."""
-        import time
-
         cfg, total, tau = self.cfg, self.derived.total_steps, self.cfg.conadv.tau
         queue = weight_steps(start, total, tau)
         receiver = WeightsReceiver(self.ctx, self.device, flatten(self.network).numel())
