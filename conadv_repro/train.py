@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         # Another rank failed: say which, in one line; its own log has the details.
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C reaches every rank under torchrun: one line from rank 0, no traceback from any.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted; run the same command again to resume {run_dir} from its newest checkpoint",
+                  file=sys.stderr, flush=True)
+        return 130
     return 0 if record.get("status") == "finished" else 1
 
 

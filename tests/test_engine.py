@@ -95,6 +95,32 @@ def test_an_exception_marks_the_run_failed_and_a_restart_resumes(tmp_path: Path,
     assert any("resuming" in line and "step 4/6" in line for line in lines)
 
 
+def test_an_error_while_the_job_is_requeued_leaves_the_run_resumable_not_failed(tmp_path: Path, monkeypatch):
+    # E.g. submitit's `scontrol requeue` failing inside the preemption handler: the run itself did not fail.
+    import subprocess
+    import threading
+
+    from conadv_repro.engine import lock
+
+    monkeypatch.setattr(lock, "_REQUEUED", threading.Event())
+    cfg = config_from_overrides([*FAST, "steps=6", "runtime.checkpoint_every=2"])
+    original = Trainer.train_step
+
+    def preempted(self, step, micro_batches):
+        if step == 4:
+            lock.mark_requeued()
+            raise subprocess.CalledProcessError(1, ["scontrol", "requeue", "7"])
+        return original(self, step, micro_batches)
+
+    monkeypatch.setattr(Trainer, "train_step", preempted)
+    lines: list[str] = []
+    with pytest.raises(subprocess.CalledProcessError):
+        run_training(cfg, tmp_path / "run", log=lines.append)
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "running" and "error" not in record
+    assert any("interrupted while its job was being requeued" in line for line in lines)
+
+
 def test_a_run_directory_holding_another_config_is_refused_untouched(tmp_path: Path):
     run_dir = tmp_path / "run"
     run_training(config_from_overrides([*FAST, "steps=2"]), run_dir, log=quiet)

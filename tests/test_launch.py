@@ -79,6 +79,7 @@ def test_a_local_launch_trains_what_is_missing_and_then_nothing(tmp_path, cli_en
         launch = json.loads((run.run_dir / "launch.json").read_text())
         assert launch["submissions"][0]["cluster"] == "local"
         assert not (run.run_dir / "lock.json").exists()
+    assert not (runs / "smoke" / "_jobs" / "%j").exists()  # submitit's folder template, left empty
     second = run_cli(args, cli_env, tmp_path)
     assert "nothing to submit" in second.stdout and second.stdout.strip().endswith("4 runs: 4 finished")
 

@@ -74,9 +74,12 @@ def test_a_preempted_job_requeues_resumes_and_ends_bit_identical(tmp_path, slurm
     job._interrupt()  # what a preemption looks like: the job checkpoints and requeues itself
     wait_done(job, timeout=400)
     record = json.loads((run.run_dir / "record.json").read_text())
-    assert record["status"] == "finished" and record["attempts"] == 2, record
     log = (Path(json.loads((run.run_dir / "launch.json").read_text())["submissions"][-1]["log_dir"]))
-    assert "resuming" in "".join(p.read_text() for p in log.glob("*_log.out"))
+    job_log = "".join(p.read_text() for p in sorted(log.glob("*_log.*")))
+    assert record["status"] == "finished" and record["attempts"] == 2, (
+        f"status {record['status']}, attempts {record['attempts']}, error {record.get('error')}\n"
+        f"{record.get('traceback', '')}\njob log:\n{job_log[-6000:]}")
+    assert "resuming" in job_log
 
     reference = tmp_path / "reference"
     run_training(run.config, reference, log=lambda _m: None)

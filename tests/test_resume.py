@@ -83,3 +83,22 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, cli_env,
     assert metrics_without_timing(reference) == metrics_without_timing(killed)
     ref_final = json.loads((reference / "record.json").read_text())["final"]
     assert ref_final == json.loads((killed / "record.json").read_text())["final"]
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path: Path, cli_env):
+    config = CONFIGS["vanilla+aa"]
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *config],
+                               env=cli_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 240
+    while not any((run_dir / "checkpoints").glob("step-*.pt")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted; run the same")
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "running" and not (run_dir / "lock.json").exists()
+    resumed = run_cli(["-m", "conadv_repro.train", "--run-dir", str(run_dir), *config], cli_env, tmp_path)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr

@@ -434,6 +434,11 @@ def mark_requeued() -> None:
     _REQUEUED.set()
 
 
+def requeue_requested() -> bool:
+    """Whether this process's job is being checkpointed for a requeue (`mark_requeued` was called)."""
+    return _REQUEUED.is_set()
+
+
 def _claim_payload(token: str, *, slurm_job_id: str | None = None, local_job_pid: int | None = None,
                    cluster: str = "") -> dict[str, Any]:
     now = time.time()
@@ -482,6 +487,7 @@ __all__ = [
     "attach_job",
     "claim",
     "mark_requeued",
+    "requeue_requested",
     "release_claim",
     "HEARTBEAT_INTERVAL_S",
     "LOCK_FILE",

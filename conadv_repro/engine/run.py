@@ -20,7 +20,7 @@ from conadv_repro.config import Config
 from conadv_repro.distributed.context import DistContext, RankLost, init_distributed, lost_ranks
 from conadv_repro.distributed.handshake import BUILD, DONE, START, Announcer
 from conadv_repro.engine.checkpoint import load_latest_checkpoint, save_checkpoint
-from conadv_repro.engine.lock import RunLock, check_not_held
+from conadv_repro.engine.lock import RunLock, check_not_held, requeue_requested
 from conadv_repro.engine.progress import format_duration
 from conadv_repro.engine.ranks import follow, is_transport_error, transport_reason
 from conadv_repro.engine.rundir import RunDirectory, environment_info
@@ -235,6 +235,11 @@ def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log
         log(f"[{name}] {describe_outcome(record)}")
         return record
     except Exception as error:
+        if requeue_requested():
+            # Raised while the job was being checkpointed for a requeue (preemption or time limit), e.g. by
+            # the requeue command itself: the run did not fail, it stays resumable from its last checkpoint.
+            log(f"[{name}] interrupted while its job was being requeued: {type(error).__name__}: {error}")
+            raise
         record.update(status="failed", error=f"{type(error).__name__}: {error}",
                       traceback=traceback.format_exc()[-4000:], steps_done=trainer.step, wall_time_s=elapsed())
         rd.write_record(record)

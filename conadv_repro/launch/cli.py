@@ -184,6 +184,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print("\ninterrupted: the local jobs stop with this launcher; run the same command again to resume "
               "them from their checkpoints", file=sys.stderr)
         return 130
+    finally:
+        submit.remove_folder_template(args.runs_dir / args.scale / "_jobs")  # submitit makes it while waiting
     states = [run_state(run.run_dir, SlurmJobs()) for run in runs]
     print_runs(runs, states)
     if failures:
@@ -278,6 +280,8 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
         for run, token in claimed:
             release_claim(run.run_dir, token)
         raise
+    finally:
+        submit.remove_folder_template(folder)
     ids = ", ".join(str(job.job_id) for job, _ in jobs_made)
     print(f"submitted {plural(len(claimed), 'run')} in {plural(len(jobs_made), 'job')} to {cluster}"
           + (f": {ids}" if ids and cluster == "slurm" else ""))

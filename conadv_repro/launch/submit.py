@@ -180,6 +180,14 @@ def make_executor(cluster: str, folder: Path, profile: Profile, *, local_timeout
     return executor
 
 
+def remove_folder_template(folder: Path) -> None:
+    """Remove the empty `%j` folder submitit leaves beside the jobs' own folders when it submits."""
+    try:
+        (folder / "%j").rmdir()
+    except OSError:  # absent, or (unexpectedly) not empty: leave it
+        pass
+
+
 def record_submission(run_dir: Path, entry: dict[str, Any]) -> None:
     """Append a submission to the run's launch.json (atomically): cluster, job id, log folder, time."""
     path = run_dir / LAUNCH_FILE
