@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis.records import load_runs, planned  # noqa: E402
 from conadv_repro.atomic import atomic_write_bytes  # noqa: E402
 from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E402
-from conadv_repro.launch.plan import check_scale  # noqa: E402
+from conadv_repro.launch.plan import check_scale, parse_sets  # noqa: E402
 from conadv_repro.presets import LAUNCH_SCALES  # noqa: E402
 from conadv_repro.registry import experiment_names  # noqa: E402
 
@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="examples:\n"
                "  python analysis/make_figures.py                         every figure of the smoke runs\n"
                "  python analysis/make_figures.py --scale proxy --experiments figure2,table1\n"
-               "  python analysis/make_figures.py --runs-dir /copied/runs --out results\n\n"
+               "  python analysis/make_figures.py --runs-dir /copied/runs --out results\n"
+               "  python analysis/make_figures.py --experiments table1 --set optim.lr=2 --out results/lr2\n\n"
                "Files go to OUT/SCALE/figures/: figure2.png/.pdf, figure4.png/.pdf and curves_EXPERIMENT.png/.pdf.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: all)")
     parser.add_argument("--out", default="results", type=Path,
                         help="results folder; figures go to OUT/SCALE/figures/ (default: results)")
+    parser.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="the runs of a launcher variation made with the same --set items (give it its own "
+                             "--out, or its figures replace those of the paper's runs)")
     parser.add_argument("--calibration", default=None, metavar="PATH",
                         help="Figure 4's model: a calibration file (benchmarks/throughput.py --save), or 'published' "
                              "(default: the newest in benchmarks/calibrations/, preferring the runs' hardware)")
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_scale(args.scale)
     names = _names(args.experiments)
-    experiments, runs = planned(names, args.scale, args.runs_dir) if names else ([], [])
+    sets = parse_sets(args.sets)
+    experiments, runs = planned(names, args.scale, args.runs_dir, sets) if names else ([], [])
     records = load_runs(args.runs_dir, [args.scale])
     planned_ids = {run.run_id for run in runs}
     finished = set()
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if names and not finished:
         asked = "all" if "all" in names else " ".join(e.name for e in experiments)
         data = " --data-root DIR" if args.scale in ("paper", "cifar10") else ""
+        data += "".join(f" --set {item}" for item in args.sets)
         raise UserError(f"no finished runs of {', '.join(e.name for e in experiments)} under "
                         f"{args.runs_dir / args.scale}; train some with python -m conadv_repro.launch {asked} "
                         f"--scale {args.scale}{data} --runs-dir {args.runs_dir}")

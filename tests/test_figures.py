@@ -136,3 +136,26 @@ def test_analysis_imports_no_torch(smoke_runs: Path, tmp_path: Path, cli_env: di
     assert result.returncode == 0, result.stderr
     assert "no torch" in result.stdout
     assert "missing: figure4" in result.stdout
+
+
+def test_set_draws_the_runs_of_a_launcher_variation(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    from conadv_repro.launch.plan import expand
+    from conadv_repro.registry import load_experiments
+    from tests.synthetic_runs import write_run
+
+    runs_dir = tmp_path / "runs"
+    variation = expand(load_experiments(["table1"]), scale="smoke", runs_dir=runs_dir, sets={"optim.lr": "2"},
+                       check_data=False)
+    for run in variation[:3]:
+        write_run(run, epochs=[(1, 40.0, 1.0), (2, 60.0, 2.0)], final_top1=60.0)
+    common = ["--experiments", "table1", "--runs-dir", str(runs_dir), "--out", str(tmp_path / "results")]
+    paper_runs = make_figures(cli_env, *common)
+    assert paper_runs.returncode == 2 and "--set optim.lr=2" not in paper_runs.stderr
+    assert "no finished runs of table1" in paper_runs.stderr
+    ours = make_figures(cli_env, *common, "--set", "optim.lr=2")
+    assert ours.returncode == 0, ours.stderr
+    (png,) = [Path(p) for p in wrote(ours.stdout) if p.endswith("curves_table1.png")]
+    assert_png_not_blank(png)
+    assert "3 finished runs" in ours.stdout
+    bad = make_figures(cli_env, *common, "--set", "optim.nosuch=1")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nosuch" in bad.stderr
