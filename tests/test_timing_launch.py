@@ -65,7 +65,8 @@ def test_estimate_through_the_cli(tmp_path, cli_env):
     # Batch 32, 1 trainer + 1 attack worker, 60 steps. The trainer: 32 x 2e-3 s scaled by the MACs of the smoke
     # network (resnet8, width 8, 16 px, 1 channel) over resnet20's; the attacker's share is smaller.
     assert row.split()[:7] == ["conadv", "--", "32k", "32", "1", "+", "1"] and " 60 " in row
-    assert lines[-1].startswith("grid: 1 run, ") and "device-hours" in lines[-1]
+    assert lines[-2].startswith("grid: 1 run, ") and "device-hours" in lines[-2]
+    assert lines[-1].startswith("note: at the smoke scale these are lower bounds")
     assert any(line.startswith("network: resnet8 width 8 at 16 px") for line in lines)
     assert not runs.exists(), "--estimate wrote to the runs folder"
 
@@ -84,6 +85,7 @@ def test_estimate_through_the_cli(tmp_path, cli_env):
     (vanilla_16k,) = [line for line in paper.stdout.splitlines() if line.startswith("vanilla  --   16k")]
     assert vanilla_16k.split()[4:11] == ["1", "+", "0", "7,020", "6.633", "12:56:05", "12.93"]
     assert "grid: 9 runs" in paper.stdout and "GPU-hours" in paper.stdout
+    assert "note:" not in paper.stdout
 
 
 @pytest.mark.parametrize("scale, batch, steps", [("paper", "16k", 7020), ("smoke", "32k", 40), ("proxy", "64k", None)])

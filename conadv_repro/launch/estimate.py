@@ -140,4 +140,9 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
     print(f"grid: {len(runs)} run{'s' if len(runs) != 1 else ''}, {total_hours:,.1f} {unit}, "
           f"{duration(total_wall)} of run time in all (the longest run {duration(longest)}; runs in parallel "
           "finish sooner)")
+    if args.scale in ("smoke", "proxy"):
+        # Steps of a few milliseconds: start-up, evaluation and per-step overheads, which the model leaves
+        # out, are most of such a run's time.
+        print(f"note: at the {args.scale} scale these are lower bounds that leave out most of the time (start-up, "
+              "evaluation, per-step overheads); the projection is meant for the cifar10 and paper scales")
     return 0
