@@ -32,7 +32,8 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "vanilla": (),
     "disadv": ("attack.",),
     "conadv": ("attack.", "conadv."),
-    "noise": ("attack.",),
+    # The control draws a random corner of the epsilon ball: no attack step, no attack forward.
+    "noise": ("attack.epsilon", "attack.units", "attack.loss_weighting"),
 }
 METHODS = tuple(METHOD_KEYS)
 METHOD_SPECIFIC = ("attack.", "conadv.", "bn.three_way")
@@ -146,7 +147,8 @@ class RuntimeConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N, or auto (cuda when available)", hashed=False)
     micro_batch: int = _f(0, "examples per forward/backward on this process, a whole number of BN groups "
                           "dividing batch_size; the batch is accumulated over its micro-batches (same "
-                          "result up to floating-point summation order); 0 = the whole batch",
+                          "result up to floating-point summation order); capped at the process's share of "
+                          "the batch; 0 = the whole share",
                           minimum=0, batch=True, hashed=False)
     workers: int = _f(0, "data-loader worker processes", minimum=0, hashed=False)
     threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
@@ -373,7 +375,7 @@ def _validate_cross_fields(cfg: Config) -> None:
         if micro % group:
             raise UserError(f"runtime.micro_batch={micro} is not a whole number of BN groups of "
                             f"bn.group_size={group}")
-        if cfg.batch_size % micro:
+        if micro < cfg.batch_size and cfg.batch_size % micro:
             raise UserError(f"runtime.micro_batch={micro} does not divide batch_size={cfg.batch_size}")
     if cfg.paper_batch:
         try:

@@ -6,6 +6,8 @@ micro-batch x accumulation steps); ConAdv's attack workers hold an even split of
 
 from __future__ import annotations
 
+import os
+
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
 
@@ -15,6 +17,25 @@ def run_processes(cfg: Config) -> int:
     attack workers."""
     workers = cfg.conadv.attack_workers if cfg.method == "conadv" else 0
     return max(cfg.runtime.trainers, 1) + workers
+
+
+def env_world_size() -> int:
+    """Processes of this run as torchrun (or the launcher's job) announces them: 1 when started alone."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={raw!r} is not an integer") from None
+
+
+def with_trainers_named(cfg: Config, world_size: int) -> Config:
+    """`cfg` with `runtime.trainers` filled in from the processes started (torchrun's WORLD_SIZE), so that
+    the run id tells 2 trainers from 3 as it does for the launcher's runs; one trainer stays 0 (its
+    default), the id of a single-process run."""
+    if cfg.runtime.trainers or world_size <= 1:
+        return cfg
+    trainers, _ = check_layout(cfg, world_size)
+    return cfg.replace({"runtime.trainers": trainers}) if trainers > 1 else cfg
 
 
 def check_layout(cfg: Config, world_size: int) -> tuple[int, int]:
@@ -33,7 +54,7 @@ def check_layout(cfg: Config, world_size: int) -> tuple[int, int]:
         raise UserError(f"batch_size={batch} does not split over {trainers} trainers into whole BN groups of "
                         f"bn.group_size={group}; allowed: a trainer count dividing {batch // group}")
     local = batch // trainers
-    if cfg.runtime.micro_batch and local % cfg.runtime.micro_batch:
+    if cfg.runtime.micro_batch and cfg.runtime.micro_batch < local and local % cfg.runtime.micro_batch:
         raise UserError(f"runtime.micro_batch={cfg.runtime.micro_batch} does not divide the per-trainer batch "
                         f"{local} (batch_size={batch} / {trainers} trainers)")
     if workers and (batch % workers or (batch // workers) % group):

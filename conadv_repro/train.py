@@ -14,6 +14,7 @@ from pathlib import Path
 from conadv_repro.cli_help import options_table
 from conadv_repro.config import Config, config_from_overrides
 from conadv_repro.errors import OneLineParser, cli_entry
+from conadv_repro.layout import env_world_size, with_trainers_named
 from conadv_repro.presets import table6_hparams
 
 EXAMPLES = """examples:
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    cfg = config_from_overrides(args.overrides)
+    cfg = with_trainers_named(config_from_overrides(args.overrides), env_world_size())
     if args.print_config:
         resolved: dict[str, object] = {"run_id": cfg.run_id(), "config": cfg.flat()}
         if cfg.optim.lr_rule == "table6":
@@ -67,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from conadv_repro.distributed.context import RankLost
     from conadv_repro.distributed.handshake import FollowerAborted
-    from conadv_repro.engine.run import run_training  # torch import only when training
+    from conadv_repro.engine.run import LockLost, run_training  # torch import only when training
 
     run_dir = args.run_dir or default_run_dir(cfg)
     try:
         record = run_training(cfg, run_dir, log=print_progress)
-    except (RankLost, FollowerAborted) as error:
-        # Another rank failed: say which, in one line; its own log has the details.
+    except (RankLost, FollowerAborted, LockLost) as error:
+        # Another rank failed (its own log has the details), or another process took the run directory
+        # over: one line, no traceback.
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

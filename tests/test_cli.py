@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,31 @@ def test_evaluate_prints_test_and_train_accuracy(tmp_path: Path, cli_env):
     assert "test  top-1" in out.stdout and "train top-1" in out.stdout and "final.pt" in out.stdout
     missing = run_cli(["-m", "conadv_repro.evaluate", str(tmp_path / "nothing")], cli_env, tmp_path)
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+def test_the_run_id_under_torchrun_names_the_trainer_count(tmp_path: Path, cli_env):
+    def run_id(world: int, *extra: str) -> str:
+        out = run_cli(["-m", "conadv_repro.train", "--print-config", "method=conadv", "conadv.attack_workers=1",
+                       "batch_size=64", "bn.group_size=16", *extra], {**cli_env, "WORLD_SIZE": str(world)}, tmp_path)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["run_id"]
+
+    one_trainer, two_trainers = run_id(2), run_id(3)
+    assert one_trainer == run_id(1)  # one trainer keeps the default, as a launcher's run does
+    assert one_trainer != two_trainers
+    assert two_trainers == run_id(3, "runtime.trainers=2")  # what the launcher names
+    bad = run_cli(["-m", "conadv_repro.train", "--print-config"], {**cli_env, "WORLD_SIZE": "two"}, tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: WORLD_SIZE='two' is not an integer"
+
+
+def test_a_run_directory_taken_over_mid_run_is_one_line(tmp_path: Path, monkeypatch, capsys):
+    from conadv_repro import train
+    from conadv_repro.engine import run
+
+    def taken_over(*_args, **_kwargs):
+        raise run.LockLost("run directory R was taken over by another process; stopping without writing to it")
+
+    monkeypatch.setattr(run, "run_training", taken_over)
+    assert train.main(["--run-dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == ("error: run directory R was taken over by another process; stopping "
+                                       "without writing to it\n")

@@ -120,7 +120,10 @@ def test_the_official_codes_settings_are_reachable():
 
 
 @pytest.mark.parametrize("items, fragment", [
-    (["attack.epsilon=3"], "attack.epsilon has no use with method=vanilla; it applies to method=disadv or conadv"),
+    (["attack.epsilon=3"], "attack.epsilon has no use with method=vanilla; it applies to method=disadv or conadv "
+                           "or noise"),
+    (["method=noise", "attack.step_size=2"], "attack.step_size has no use with method=noise; it applies to "
+                                             "method=disadv or conadv"),
     (["method=disadv", "conadv.tau=2"], "conadv.tau has no use with method=disadv; it applies to method=conadv"),
     (["method=conadv", "conadv.tau=-1"], "conadv.tau=-1 must be >= 0"),
     (["method=disadv", "attack.epsilon=-2"], "attack.epsilon=-2.0 must be >= 0.0"),
@@ -138,3 +141,11 @@ def test_attack_fields_at_default_keep_vanilla_ids():
     assert config_from_overrides(["method=conadv"]).run_id() != Config().run_id()
     assert config_from_overrides(["method=conadv", "attack.epsilon=3", "conadv.executor=thread"]).run_id() == \
         config_from_overrides(["method=conadv"]).run_id()
+
+
+def test_a_launcher_variation_leaves_the_noise_control_alone_unless_it_uses_the_key():
+    from conadv_repro.launch.plan import applies_to
+
+    assert applies_to("attack.epsilon", "noise") and applies_to("attack.loss_weighting", "noise")
+    assert not applies_to("attack.step_size", "noise") and not applies_to("attack.bn_mode", "noise")
+    assert applies_to("attack.step_size", "disadv")

@@ -102,6 +102,19 @@ def test_paper_scale_resolves_exactly_to_table6(tmp_path):
         runs_of(["table1"], scale="paper")
 
 
+def test_the_paper_micro_batch_is_capped_at_a_trainers_share(tmp_path):
+    # The paper preset's runtime.micro_batch=256 on 8 trainers at 1k (128 each): no accumulation, no error.
+    from conadv_repro.engine.trainer import derive
+    from conadv_repro.layout import check_layout
+
+    cfg = build_config({"scale": "paper", "batch_size": 1024, "runtime.trainers": 8})
+    assert cfg.runtime.micro_batch == 256 and check_layout(cfg, 8) == (8, 0)
+    derived = derive(cfg, 1_278_167, trainers=8)
+    assert (derived.micro_batch, derived.accumulation) == (128, 1)
+    with pytest.raises(UserError, match="runtime.micro_batch=256 does not divide the per-trainer batch 384"):
+        check_layout(cfg.replace({"batch_size": 3072}), 8)
+
+
 def test_a_variation_touches_only_the_methods_that_use_it():
     base = {r.run_id: r for r in runs_of(["table1"])}
     varied = runs_of(["table1"], sets=parse_sets(["attack.bn_mode=eval"]))

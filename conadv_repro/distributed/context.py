@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
-from conadv_repro.layout import check_layout
+from conadv_repro.layout import check_layout, env_world_size
 
 HEARTBEAT_S = 1.0
 _HEARTBEAT_KEY = "conadv/heartbeat/{}"
@@ -86,13 +86,6 @@ class DistContext:
 
 
 SINGLE = DistContext()
-
-
-def env_world_size() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise UserError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not an integer") from None
 
 
 def init_distributed(cfg: Config) -> DistContext:

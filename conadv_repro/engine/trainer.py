@@ -91,7 +91,7 @@ def derive(cfg: Config, num_train: int, trainers: int = 1, attack_workers: int =
         peak_lr, warmup_epochs = cfg.optim.lr, cfg.schedule.warmup_epochs
     warmup_steps = min(total, round(warmup_epochs * spe))
     local = cfg.batch_size // trainers
-    micro = cfg.runtime.micro_batch or local
+    micro = min(cfg.runtime.micro_batch or local, local)  # e.g. the paper's 256 on 8 trainers at 1k
     return Derived(num_train=num_train, steps_per_epoch=spe, total_steps=total, peak_lr=peak_lr,
                    warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, micro_batch=micro,
                    accumulation=local // micro, lr_rule=cfg.optim.lr_rule, trainers=trainers,
