@@ -83,7 +83,9 @@ EXPERIMENT = Experiment(
     columns=("512", "1k", "2k", "4k", "8k", "16k", "32k"),
     metrics=("images_per_ms",),
     cells=_cells(),
-    settings={"panels": PANELS, "per_worker": PER_WORKER, "paper_ratio": PAPER_RATIO, "steps": STEPS},
+    # timed: its throughputs are the measurement, so on one machine its runs train one at a time.
+    settings={"panels": PANELS, "per_worker": PER_WORKER, "paper_ratio": PAPER_RATIO, "steps": STEPS,
+              "timed": True},
     notes=("Paper points: only those the text of section 4.2 states; the others are unknown.",
            "ConAdv runs have one attack worker per trainer (two processes at the small scales)."),
 )

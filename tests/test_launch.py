@@ -274,3 +274,32 @@ def test_a_layout_that_cannot_work_is_refused_while_planning(tmp_path, cli_env):
                    "--only", "method=conadv", "paper_batch=4k"], cli_env, tmp_path)
     assert out.returncode == 2 and "cannot run in-process" in out.stderr
     assert not runs.exists()
+
+
+def test_timed_runs_hold_the_machine_one_at_a_time(tmp_path):
+    import threading
+
+    from conadv_repro.launch.cli import timed_experiments
+    from conadv_repro.launch.submit import machine_to_itself
+
+    assert timed_experiments() == {"table3", "figure4"}
+    lock = str(tmp_path / "_jobs" / "timing.lock")
+    spans: list[tuple[float, float]] = []
+    started = threading.Barrier(3)
+
+    def train(seconds: float) -> None:
+        started.wait()
+        with machine_to_itself(lock):
+            begin = time.monotonic()
+            time.sleep(seconds)
+            spans.append((begin, time.monotonic()))
+
+    threads = [threading.Thread(target=train, args=(0.3,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spans.sort()
+    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    with machine_to_itself(""):  # no lock asked for: nothing to wait for
+        pass

@@ -213,6 +213,14 @@ def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -
     return [runs[i:i + per_job] for i in range(0, len(runs), per_job)] + multi
 
 
+TIMING_LOCK = "timing.lock"
+
+
+def timed_experiments() -> set[str]:
+    """The experiments whose runs measure time (Table 3, Figure 4): `settings["timed"]`."""
+    return {e.name for e in load_experiments(["all"]) if e.settings.get("timed")}
+
+
 def experiment_tags(runs: list[PlannedRun], args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     """Run id -> every experiment that uses the run at this scale (its W&B tags), not only those launched
     now: a run shared by Tables 1, 2 and 4 carries three tags even when launched for Table 1 alone."""
@@ -252,9 +260,18 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     jobs_made = []
     try:
         tags = experiment_tags([run for run, _ in claimed], args)
-        payloads = [submit.RunJob([submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)],
-                                                  tags[run.run_id])
-                                   for run in group], threads) for group in groups]
+        timed = timed_experiments() if cluster == "local" else set()
+        lock = str(folder / TIMING_LOCK)
+
+        def spec(run: PlannedRun) -> submit.RunSpec:
+            exclusive = lock if timed & {use[0] for use in run.uses} else ""
+            return submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)], tags[run.run_id],
+                                  exclusive_lock=exclusive)
+
+        payloads = [submit.RunJob([spec(run) for run in group], threads) for group in groups]
+        measuring = sorted(timed & {use[0] for run, _ in claimed for use in run.uses})
+        if measuring:
+            print(f"the runs of {', '.join(measuring)} measure time: on this machine they train one at a time")
         single = [p for p, n in zip(payloads, tasks, strict=True) if n == 1]
         multi = [(p, n) for p, n in zip(payloads, tasks, strict=True) if n > 1]
         for _, n in multi:  # refuse before submitting anything

@@ -37,6 +37,9 @@ class RunSpec:
     run_dir: str
     token: str
     tags: tuple[str, ...] = ()  # the experiments that use the run (its W&B tags)
+    # A file whose lock the run holds while it trains (its job's first task only), so that the timed runs
+    # of a local launch never share the machine with each other; "" = none.
+    exclusive_lock: str = ""
 
 
 class RunJob:
@@ -72,7 +75,8 @@ class RunJob:
                 continue
             cfg = config_from_dict(spec.config)
             try:
-                record = run_training(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
+                with machine_to_itself(spec.exclusive_lock if job_rank() == 0 else ""):
+                    record = run_training(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
                 results.append({"run_dir": spec.run_dir, "status": record.get("status"),
                                 "final": record.get("final")})
             except Exception as error:  # the next runs of the job still train
@@ -90,6 +94,34 @@ class RunJob:
 
         mark_requeued()
         return submitit.helpers.DelayedSubmission(RunJob(self.specs, self.threads))
+
+
+@contextmanager
+def machine_to_itself(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (created if missing) for the block; nothing when it is "".
+    The other ranks of a multi-process run need no lock: they wait for rank 0 at the rendezvous."""
+    if not lock_path:
+        yield
+        return
+    import fcntl
+
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def job_rank() -> int:
+    """This task's rank in its submitit job (0 outside a job)."""
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().global_rank
+    except RuntimeError:
+        return 0
 
 
 def job_tasks() -> int:
