@@ -54,8 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", default="runs", type=Path,
                         help="the launcher's runs folder, holding SCALE/RUN_ID/ (default: runs)")
     parser.add_argument("--experiments", default="all",
-                        help="comma-separated: figure2, table1, table2, table4, table5, figure4, or all "
-                             "(default: all)")
+                        help=f"comma-separated: {', '.join(experiment_names())}, or all (default: all)")
     parser.add_argument("--out", default="results", type=Path,
                         help="results folder; figures go to OUT/SCALE/figures/ (default: results)")
     parser.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

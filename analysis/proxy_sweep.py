@@ -2,7 +2,13 @@
 the validation split (never the test set).
 
     python analysis/proxy_sweep.py                       # the documented sweep (results/proxy/lr_sweep.*)
-    python analysis/proxy_sweep.py --epochs 5,10,20 --batches 8,96 --lrs 2 --out /tmp/budget
+    python analysis/proxy_sweep.py --epochs 5,10,20 --batches 8,96 --lrs 2 --out scratch/budget
+
+The defaults are the documented sweep, the one behind results/proxy/lr_sweep.md and the preset's PROXY_LR:
+`--epochs 3,3.5,4 --lrs 1,2,4,8,16 --seeds 0,1,2` over the batch sizes 8-256, vanilla. Its output folder,
+results/proxy/, is committed and holds all of its trials, so a bare run trains nothing and rewrites only
+the summary from them (delete the trials file there to train it again). Any other setting needs `--out`:
+without it the script refuses rather than add other trials to the committed ones.
 
 Each trial trains vanilla at the proxy scale (the preset's network, data, schedule and Table 6's warmup
 share) with one (batch size, peak LR, seed, epoch budget) and evaluates it on the validation split (180
@@ -37,6 +43,11 @@ from conadv_repro.machine import cpu_name  # noqa: E402
 
 TRIALS = "lr_sweep_trials.jsonl"
 KEYS = ("method", "batch_size", "lr", "seed", "epochs")
+# The sweep behind results/proxy/lr_sweep.md and presets.PROXY_LR.
+DOCUMENTED = {"batches": "8,16,32,64,96,128,256", "lrs": "1,2,4,8,16", "seeds": "0,1,2", "epochs": "3,3.5,4",
+              "method": "vanilla"}
+# The repository's, wherever the script is run from: elsewhere a bare run would train the sweep afresh.
+DOCUMENTED_OUT = Path(__file__).resolve().parent.parent / "results" / "proxy"
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -47,6 +58,27 @@ def _floats(text: str, what: str) -> list[float]:
     if not values or any(v <= 0 for v in values):
         raise UserError(f"--{what} {text!r} needs positive numbers")
     return values
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} is not a comma-separated list of integers") from None
+    if not values or any(v < 0 for v in values):
+        raise UserError(f"--seeds {text!r} needs integers >= 0")
+    return values
+
+
+def _key(trial: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(trial[k] for k in KEYS)
+
+
+def grid(batches: str, lrs: str, seeds: str, epochs: str, method: str) -> list[dict[str, Any]]:
+    """Every trial of a sweep, as the specs `trial` takes."""
+    return [{"method": method, "batch_size": int(b), "lr": lr, "seed": s, "epochs": e}
+            for e in _floats(epochs, "epochs") for b in _floats(batches, "batches")
+            for lr in _floats(lrs, "lrs") for s in _seeds(seeds)]
 
 
 def trial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -133,34 +165,35 @@ def markdown(summary: pd.DataFrame, trials: pd.DataFrame, command: str) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="python analysis/proxy_sweep.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", default="8,16,32,64,96,128,256",
-                        help="trained batch sizes (default: the proxy's, 8-256)")
-    parser.add_argument("--lrs", default="0.5,1,2,4,8,16", help="peak LRs (default: 0.5,1,2,4,8,16)")
-    parser.add_argument("--seeds", default="0,1", help="seeds per trial (default: 0,1)")
-    parser.add_argument("--epochs", default="", help="epoch budgets (default: the proxy preset's)")
-    parser.add_argument("--method", default="vanilla", help="method trained (default: vanilla)")
+    parser.add_argument("--batches", default=DOCUMENTED["batches"],
+                        help=f"trained batch sizes (default: the proxy's, {DOCUMENTED['batches']})")
+    parser.add_argument("--lrs", default=DOCUMENTED["lrs"], help=f"peak LRs (default: {DOCUMENTED['lrs']})")
+    parser.add_argument("--seeds", default=DOCUMENTED["seeds"], help=f"seeds per trial (default: {DOCUMENTED['seeds']})")
+    parser.add_argument("--epochs", default=DOCUMENTED["epochs"],
+                        help=f"epoch budgets (default: {DOCUMENTED['epochs']})")
+    parser.add_argument("--method", default=DOCUMENTED["method"],
+                        help=f"method trained (default: {DOCUMENTED['method']})")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="trials at once (default: CPU count)")
-    parser.add_argument("--out", type=Path, default=Path("results/proxy"), help="folder (default: results/proxy)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder (default: the repository's results/proxy, for the documented sweep only)")
     return parser.parse_args(argv)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from conadv_repro.presets import SCALES
-
     args = parse_args(argv)
-    batches = [int(b) for b in _floats(args.batches, "batches")]
-    lrs = _floats(args.lrs, "lrs")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    epochs = _floats(args.epochs, "epochs") if args.epochs else [float(SCALES["proxy"]["epochs"])]
+    wanted = grid(args.batches, args.lrs, args.seeds, args.epochs, args.method)
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs} must be >= 1")
+    if args.out is None:
+        if sorted(map(_key, wanted)) != sorted(map(_key, grid(**DOCUMENTED))):
+            raise UserError("without --out the sweep goes to the committed results/proxy/, which holds the documented "
+                            "sweep only; give --out FOLDER for another setting (e.g. --out scratch/sweep)")
+        args.out = DOCUMENTED_OUT
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / TRIALS
-    done = {tuple(row[k] for k in KEYS): row for row in read_jsonl(path)}
-    wanted = [{"method": args.method, "batch_size": b, "lr": lr, "seed": s, "epochs": e}
-              for e in epochs for b in batches for lr in lrs for s in seeds]
-    todo = [spec for spec in wanted if tuple(spec[k] for k in KEYS) not in done]
+    done = {_key(row): row for row in read_jsonl(path)}
+    todo = [spec for spec in wanted if _key(spec) not in done]
     # Longest first (small batches and long budgets), so the jobs end together.
     todo.sort(key=lambda spec: -spec["epochs"] * (1 + 8 / spec["batch_size"]))
     print(f"{len(wanted)} trials, {len(wanted) - len(todo)} done already, {len(todo)} to train on {args.jobs} jobs")
@@ -169,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=20) as pool:
             for i, row in enumerate(pool.imap_unordered(trial, todo), 1):
                 append_jsonl(path, row)
-                done[tuple(row[k] for k in KEYS)] = row
+                done[_key(row)] = row
                 print(f"[{i}/{len(todo)} {time.time() - start:.0f}s] batch {row['batch_size']} lr {row['lr']:g} "
                       f"seed {row['seed']} {row['epochs']:g} epochs: val {row['val_top1']:.2f} "
                       f"train {row['train_top1']:.2f} ({row['seconds']:.1f}s)", flush=True)
-    trials = pd.DataFrame([done[tuple(spec[k] for k in KEYS)] for spec in wanted])
+    trials = pd.DataFrame([done[_key(spec)] for spec in wanted])
     summary = summarise(trials)
     command = "python analysis/proxy_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     atomic_write_text(args.out / "lr_sweep.csv", summary.to_csv(index=False))

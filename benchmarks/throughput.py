@@ -43,12 +43,14 @@ from conadv_repro.config import Config, config_from_overrides
 from conadv_repro.data.loader import MicroBatch
 from conadv_repro.distributed.context import SINGLE, init_distributed
 from conadv_repro.engine.trainer import Trainer
-from conadv_repro.errors import cli_entry
+from conadv_repro.errors import OneLineParser, UserError, cli_entry
 from conadv_repro.machine import cpu_name
 from conadv_repro.methods.adversarial import AdversarialMethod
 from conadv_repro.methods.base import Branch
 
-# A model and batch whose train-only step takes a few hundred ms on one CPU core (the issue asks >= 200 ms).
+# A model and batch whose train-only step takes a few hundred ms on one CPU core (at least 200 ms is
+# required), the step on which the performance goals are measured: ConAdv with an attack worker at most
+# 1.05 x the train-only step, and DisAdv/ConAdv at least 0.95 x the ideal (attack + train-only)/train-only.
 DEFAULTS = ["model.name=resnet20", "model.width=16", "model.input_size=32", "batch_size=64",
             "bn.group_size=16", "optim.lr=0.1", "runtime.device=cpu", "runtime.threads=1",
             "runtime.wandb=disabled", "steps=1000000"]
@@ -142,8 +144,13 @@ def with_attack_workers(overrides: list[str], steps: int, timeout: float) -> dic
         out = Path(tmp) / "workers.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                    str(HERE), "--worker", str(out), "--steps", str(steps), *overrides]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+        except subprocess.TimeoutExpired:
+            print(f"error: the attack-worker run (torchrun, 2 processes) did not finish within {timeout:g} s",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
         if result.returncode != 0 or not out.exists():
             raise SystemExit(f"the attack-worker run failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return json.loads(out.read_text())
@@ -281,18 +288,54 @@ def report(single: dict[str, list[float]], workers: dict[str, Any], cfg: Config)
     return {"median_s": med, "ratios": ratios, "communication": comm}
 
 
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
+    return value
+
+
+def check_save_path(path: Path) -> None:
+    """Fail before the measurement, which takes minutes, rather than when its result cannot be written."""
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"--save {path}: is a folder; give a file name such as {path / 'mymachine.json'}")
+    if not folder.is_dir():
+        raise UserError(f"--save {path}: the folder {folder} does not exist")
+    try:  # a trial file rather than os.access, which says yes to root even where writes fail (/proc)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"--save {path}: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def save_calibration(path: Path, calibration: dict[str, Any]) -> None:
+    try:
+        atomic_write_json(path, calibration)
+    except OSError as error:
+        # The folder was checked before the measurement; losing it now (disk full, removed) still leaves
+        # the numbers printed above.
+        raise UserError(f"--save {path}: cannot write it ({error.strerror or error}); the numbers are printed above") from None
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of every variant")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the one-process variants")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=at_least_one, default=3,
+                        help="alternating rounds of the one-process variants (at least 1)")
+    parser.add_argument("--steps", type=at_least_one, default=6, help="timed steps per variant and round (at least 1)")
     parser.add_argument("--save", type=Path, default=None, help="write a calibration JSON here")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         worker_main(args.worker, args.steps, args.overrides)
         return 0
+    if args.save is not None:
+        check_save_path(args.save)
     cfg = variant_config("disadv", args.overrides)
     torch.set_num_threads(cfg.runtime.threads or torch.get_num_threads())
     device = Trainer(cfg, log=lambda _m: None).device
@@ -306,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         med, comm = summary["median_s"], summary["communication"]
         b = cfg.batch_size
-        atomic_write_json(args.save, {
+        save_calibration(args.save, {
             "schema": 1, "machine": f"{where}, {os.cpu_count()} cores, {device.type.upper()}",
             "device": device.type, "device_name": where, "model": cfg.model.name, "width": cfg.model.width,
             "in_channels": comm["in_channels"], "image_size": comm["image_size"], "params": comm["params"], "weights_bytes": comm["weights_bytes"],

@@ -1,5 +1,6 @@
 """The performance model (analysis/throughput_model.py) against hand-computed numbers, and its calibration
-files: valid ones load, malformed ones are one line naming the file and the key."""
+files: valid ones load, malformed ones are one line naming the file and the key; the benchmark that writes
+them (benchmarks/throughput.py) rejects bad arguments in one line before it measures anything."""
 
 from __future__ import annotations
 
@@ -150,3 +151,21 @@ def test_the_timing_analysis_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "--rounds: 0 is not allowed"),
+    (["--rounds", "-2"], "--rounds: -2 is not allowed"),
+    (["--save", "{tmp}/missing/cal.json"], "does not exist"),
+    (["--save", "{tmp}/a_file/cal.json"], "does not exist"),
+    (["--save", "{tmp}"], "is a folder"),
+])
+def test_the_benchmark_rejects_bad_arguments_before_measuring(tmp_path, cli_env, args, message):
+    # The measurement takes minutes; these must fail in the time it takes to import torch.
+    (tmp_path / "a_file").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), *args], cwd=REPO,
+                         capture_output=True, text=True, env=cli_env, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+    assert "machine:" not in out.stdout, "the measurement started"
