@@ -90,7 +90,7 @@ SCALES: dict[str, dict[str, Any]] = {
     # per batch size (PROXY_LR) and the warmup (proxy_warmup_epochs) are filled in by preset_values. The
     # budget, 3 epochs, is measured (analysis/proxy_sweep.py, results/proxy/lr_sweep.md and
     # budget_pilot/): the longest swept budget at which the smallest batch (8) stays off the validation
-    # ceiling (98.5% with its best LR; 99.4-99.6% at 3.5-4 epochs, 100% at 8 and more) while 32k (batch 32)
+    # ceiling (98.5% with its best LR; 99.4-99.6% at 3.5-4 epochs) while 32k (batch 32)
     # reaches 97.0% (86% at 2 epochs). See docs/fidelity.md (the proxy scale).
     "proxy": {
         "model.width": 16,
