@@ -276,30 +276,37 @@ def test_a_layout_that_cannot_work_is_refused_while_planning(tmp_path, cli_env):
     assert not runs.exists()
 
 
-def test_timed_runs_hold_the_machine_one_at_a_time(tmp_path):
+def test_a_timed_run_trains_alone_and_the_others_side_by_side(tmp_path):
     import threading
 
     from conadv_repro.launch.cli import timed_experiments
-    from conadv_repro.launch.submit import machine_to_itself
+    from conadv_repro.launch.submit import machine_lock
 
     assert timed_experiments() == {"table3", "figure4"}
     lock = str(tmp_path / "_jobs" / "timing.lock")
-    spans: list[tuple[float, float]] = []
-    started = threading.Barrier(3)
+    spans: dict[str, tuple[float, float]] = {}
+    started = threading.Barrier(4)
 
-    def train(seconds: float) -> None:
+    def train(name: str, timed: bool, delay: float) -> None:
         started.wait()
-        with machine_to_itself(lock):
+        time.sleep(delay)
+        with machine_lock(lock, shared=not timed):
             begin = time.monotonic()
-            time.sleep(seconds)
-            spans.append((begin, time.monotonic()))
+            time.sleep(0.4)
+            spans[name] = (begin, time.monotonic())
 
-    threads = [threading.Thread(target=train, args=(0.3,)) for _ in range(3)]
+    runs = {"plain1": (False, 0.0), "plain2": (False, 0.0), "timed1": (True, 0.1), "timed2": (True, 0.1)}
+    threads = [threading.Thread(target=train, args=(name, *how)) for name, how in runs.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    spans.sort()
-    assert len(spans) == 3 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
-    with machine_to_itself(""):  # no lock asked for: nothing to wait for
+
+    def overlap(a: str, b: str) -> bool:
+        return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+    assert overlap("plain1", "plain2")  # untimed runs share the machine
+    for timed in ("timed1", "timed2"):  # a timed run shares it with nobody
+        assert not any(overlap(timed, other) for other in spans if other != timed), spans
+    with machine_lock("", shared=False):  # no lock asked for: nothing to wait for
         pass

@@ -261,17 +261,16 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     try:
         tags = experiment_tags([run for run, _ in claimed], args)
         timed = timed_experiments() if cluster == "local" else set()
-        lock = str(folder / TIMING_LOCK)
+        lock = str(folder / TIMING_LOCK) if cluster == "local" else ""
 
         def spec(run: PlannedRun) -> submit.RunSpec:
-            exclusive = lock if timed & {use[0] for use in run.uses} else ""
             return submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)], tags[run.run_id],
-                                  exclusive_lock=exclusive)
+                                  machine_lock=lock, timed=bool(timed & {use[0] for use in run.uses}))
 
         payloads = [submit.RunJob([spec(run) for run in group], threads) for group in groups]
         measuring = sorted(timed & {use[0] for run, _ in claimed for use in run.uses})
         if measuring:
-            print(f"the runs of {', '.join(measuring)} measure time: on this machine they train one at a time")
+            print(f"the runs of {', '.join(measuring)} measure time: on this machine each trains alone")
         single = [p for p, n in zip(payloads, tasks, strict=True) if n == 1]
         multi = [(p, n) for p, n in zip(payloads, tasks, strict=True) if n > 1]
         for _, n in multi:  # refuse before submitting anything

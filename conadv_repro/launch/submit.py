@@ -37,9 +37,11 @@ class RunSpec:
     run_dir: str
     token: str
     tags: tuple[str, ...] = ()  # the experiments that use the run (its W&B tags)
-    # A file whose lock the run holds while it trains (its job's first task only), so that the timed runs
-    # of a local launch never share the machine with each other; "" = none.
-    exclusive_lock: str = ""
+    # Local runs share one lock file (runs/<scale>/_jobs/timing.lock; "" = none): a timed run (Table 3,
+    # Figure 4: its times are the measurement) holds it exclusively while it trains, the others shared, so
+    # that nothing else trains on the machine while a time is measured.
+    machine_lock: str = ""
+    timed: bool = False
 
 
 class RunJob:
@@ -50,21 +52,15 @@ class RunJob:
         self.threads = threads
 
     def __call__(self) -> list[dict[str, Any]]:
-        import torch
-
-        from conadv_repro.config import config_from_dict
-        from conadv_repro.engine.run import run_training
-
-        if self.threads:
-            torch.set_num_threads(self.threads)
         import submitit
 
+        from conadv_repro.config import config_from_dict
         from conadv_repro.engine.lock import read_lock
 
         if job_tasks() > 1:
             # One run on several tasks (one per GPU): MASTER_ADDR/PORT, RANK, WORLD_SIZE for torch.distributed.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-
+        leads = job_rank() == 0
         results, failures = [], []
         for spec in self.specs:
             holder = read_lock(Path(spec.run_dir))
@@ -75,8 +71,17 @@ class RunJob:
                 continue
             cfg = config_from_dict(spec.config)
             try:
-                with machine_to_itself(spec.exclusive_lock if job_rank() == 0 else ""):
-                    record = run_training(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
+                # Rank 0 takes the machine lock to train; the other ranks wait for it at the rendezvous.
+                # Every process imports torch (seconds of CPU) under the lock too, so that no import lands
+                # in a measurement; a timed run's rank 0 locks for training only once its ranks have
+                # imported, never holding the lock while they wait for it.
+                shared = not spec.timed
+                with machine_lock(spec.machine_lock, shared=shared):
+                    train = self._training_code()
+                if spec.timed and job_tasks() > 1:
+                    ranks_imported(Path(spec.machine_lock).parent)
+                with machine_lock(spec.machine_lock if leads else "", shared=shared):
+                    record = train(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
                 results.append({"run_dir": spec.run_dir, "status": record.get("status"),
                                 "final": record.get("final")})
             except Exception as error:  # the next runs of the job still train
@@ -86,6 +91,16 @@ class RunJob:
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: {', '.join(failures)}")
         return results
+
+    def _training_code(self) -> Any:
+        """`run_training`, importing torch on the first call (cached after it)."""
+        import torch
+
+        from conadv_repro.engine.run import run_training
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return run_training
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -97,9 +112,9 @@ class RunJob:
 
 
 @contextmanager
-def machine_to_itself(lock_path: str) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_path` (created if missing) for the block; nothing when it is "".
-    The other ranks of a multi-process run need no lock: they wait for rank 0 at the rendezvous."""
+def machine_lock(lock_path: str, *, shared: bool) -> Iterator[None]:
+    """Hold `lock_path` (created if missing) for the block, shared or exclusive (a readers-writer lock:
+    shared holders train side by side, an exclusive one alone); nothing when the path is ""."""
     if not lock_path:
         yield
         return
@@ -107,11 +122,31 @@ def machine_to_itself(lock_path: str) -> Iterator[None]:
 
     Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        # Released when the file closes, also when the process dies.
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ranks_imported(folder: Path, timeout_s: float = 600.0) -> None:
+    """A multi-task job's ranks meet after their imports: each other rank leaves a marker file in `folder`,
+    rank 0 waits for them all (at most `timeout_s`; a rank that died shows at the rendezvous) and removes
+    them."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    marker = folder / f"{env.job_id}.rank{{}}.imported"
+    if env.global_rank:
+        Path(str(marker).format(env.global_rank)).touch()
+        return
+    others = [Path(str(marker).format(rank)) for rank in range(1, env.num_tasks)]
+    deadline = time.time() + timeout_s
+    while not all(path.exists() for path in others) and time.time() < deadline:
+        time.sleep(0.1)
+    for path in others:
+        path.unlink(missing_ok=True)
 
 
 def job_rank() -> int:
