@@ -38,6 +38,9 @@ def test_one_run_of_each_other_grid(runs_dir, cli_env, tmp_path, experiment, onl
                   tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1 run: 1 finished"
+    if experiment == "figure4":  # timed, on two processes: trained alone, its ranks met after their imports
+        assert "measure time: on this machine each trains alone" in out.stdout
+        assert not list(runs_dir.glob("smoke/_jobs/*.imported"))
     whole = run_cli([*LAUNCH, experiment, "--dry-run", "--runs-dir", str(runs_dir), "--cluster", "local"], cli_env,
                     tmp_path)
     assert whole.returncode == 0 and "finished" in whole.stdout.strip().splitlines()[-1]

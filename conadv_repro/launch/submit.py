@@ -137,11 +137,14 @@ def ranks_imported(folder: Path, timeout_s: float = 600.0) -> None:
     import submitit
 
     env = submitit.JobEnvironment()
-    marker = folder / f"{env.job_id}.rank{{}}.imported"
+
+    def marker(rank: int) -> Path:
+        return folder / f"{env.job_id}.rank{rank}.imported"
+
     if env.global_rank:
-        Path(str(marker).format(env.global_rank)).touch()
+        marker(env.global_rank).touch()
         return
-    others = [Path(str(marker).format(rank)) for rank in range(1, env.num_tasks)]
+    others = [marker(rank) for rank in range(1, env.num_tasks)]
     deadline = time.time() + timeout_s
     while not all(path.exists() for path in others) and time.time() < deadline:
         time.sleep(0.1)
