@@ -42,7 +42,7 @@ from analysis.throughput_model import (  # noqa: E402
     step_time,
 )
 from conadv_repro.atomic import read_json_dict, read_jsonl  # noqa: E402
-from conadv_repro.config import parse_batch  # noqa: E402
+from conadv_repro.batch_sizes import parse_batch  # noqa: E402
 from conadv_repro.launch.plan import PlannedRun  # noqa: E402
 from conadv_repro.registry import Experiment  # noqa: E402
 from conadv_repro.runfiles import METRICS_FILE, RECORD_FILE  # noqa: E402

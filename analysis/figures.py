@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.records import load_curves  # noqa: E402
-from conadv_repro.config import parse_batch  # noqa: E402
+from conadv_repro.batch_sizes import parse_batch  # noqa: E402
 from conadv_repro.launch.plan import PlannedRun  # noqa: E402
 from conadv_repro.presets import SCALE_DESCRIPTIONS  # noqa: E402
 from conadv_repro.registry import Experiment  # noqa: E402

@@ -40,9 +40,10 @@ from analysis.tables import (  # noqa: E402
     to_markdown,
 )
 from conadv_repro.atomic import atomic_write_text  # noqa: E402
+from conadv_repro.batch_sizes import KIBI  # noqa: E402
 from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E402
 from conadv_repro.launch.plan import check_scale, parse_sets  # noqa: E402
-from conadv_repro.presets import KIBI, TABLE6  # noqa: E402
+from conadv_repro.presets import TABLE6  # noqa: E402
 
 TABLES = ("table1", "table2", "table4", "table5", "staleness")
 EXTRA = ("table6", "table3")  # hyperparameters; training time (analysis/table3.py)

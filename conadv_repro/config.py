@@ -15,16 +15,16 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from conadv_repro.batch_sizes import format_batch, parse_batch
 from conadv_repro.errors import UserError
+from conadv_repro.presets import preset_values, scale_batch
 
 SCHEMA_VERSION = 1
-KIBI = 1024
 
 # Each method and the config sections (and keys) only it uses: setting one for a method with no use for
 # it is a mistake, not a silent no-op (and keeps e.g. vanilla's run ids free of attack fields).
@@ -106,7 +106,7 @@ class BNConfig:
 @dataclass(frozen=True)
 class AttackConfig:
     epsilon: float = _f(3.0, "L-infinity radius in 0-255 pixel units (Table 5's p), applied per channel "
-                        "through the input std", minimum=0.0)
+                        "through the input std", minimum=0.0, maximum=255.0)
     step_size: float = _f(1.0, "step of the one PGD step, as a multiple of epsilon", minimum=0.0)
     random_init: bool = _f(True, "start from a uniform random point of the epsilon ball (PGD's random init)")
     clean_start_prob: float = _f(0.0, "probability that an example starts from the clean image instead "
@@ -272,21 +272,6 @@ def _field_type(key: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
-def parse_batch(text: str) -> int:
-    """`32k` -> 32768 (the paper's k is 1024: the official code's 96k is 98,304); plain digits as is."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kK]?)\s*", text)
-    if not match:
-        raise ValueError(text)
-    number = float(match.group(1)) * (KIBI if match.group(2) else 1)
-    if number != int(number):
-        raise ValueError(text)
-    return int(number)
-
-
-def format_batch(value: int) -> str:
-    return f"{value // KIBI}k" if value % KIBI == 0 and value >= KIBI else str(value)
-
-
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -382,6 +367,14 @@ def _validate_cross_fields(cfg: Config) -> None:
             parse_batch(cfg.paper_batch)
         except ValueError:
             raise UserError(f"paper_batch={cfg.paper_batch!r} is not a batch size like 32k") from None
+        if cfg.scale:
+            # A run labelled with a paper column must train what that column trains at its scale, or its
+            # record would be read into the wrong cell of a table.
+            expected = scale_batch(cfg.scale, cfg.paper_batch)
+            if cfg.batch_size != expected:
+                raise UserError(f"batch_size={format_batch(cfg.batch_size)} does not match paper_batch="
+                                f"{cfg.paper_batch} at scale={cfg.scale}; allowed: batch_size="
+                                f"{format_batch(expected)}, or leave paper_batch empty for a free run")
     if cfg.method == "conadv" and cfg.attack.bn_mode == "train_moving" and \
             cfg.conadv.executor in ("thread", "stream"):
         raise UserError(f"conadv.executor={cfg.conadv.executor} cannot run attack.bn_mode=train_moving (the "
@@ -429,13 +422,17 @@ def _check_key(key: str) -> None:
 
 def build_config(values: Mapping[str, Any], *, _explicit: set[str] | None = None) -> Config:
     """Build a Config from dotted keys. Unset keys take the scale preset, then the dataclass default."""
-    from conadv_repro.presets import preset_values  # presets import this module
-
     for key in values:
         _check_key(key)
     typed = {key: _coerce(key, raw) for key, raw in values.items()}
     explicit = set(values) if _explicit is None else _explicit
     scale = typed.get("scale", "")
+    if scale and typed.get("paper_batch") and "batch_size" not in typed:
+        # A paper column at a scale names its batch size (the launcher's rule), so it need not be repeated.
+        try:
+            typed["batch_size"] = scale_batch(scale, typed["paper_batch"])
+        except (ValueError, KeyError):
+            pass  # an unparsable paper_batch or scale is reported by the validation below
     merged = {**preset_values(scale, typed), **typed}
     if merged.get("optim.lr_rule", "fixed") != "fixed":
         clash = sorted(k for k in ("optim.lr", "schedule.warmup_epochs") if k in explicit)

@@ -12,9 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from conadv_repro.batch_sizes import KIBI, parse_batch
 from conadv_repro.errors import UserError
-
-KIBI = 1024
 
 # Table 6 of the paper: batch size -> (peak LR, warmup epochs).
 TABLE6: dict[int, tuple[float, float]] = {
@@ -199,8 +198,6 @@ def scale_batch(scale: str, paper_batch: str) -> int:
     and at least one group. The digits (1257 images) are about 1/1000 of ImageNet, so 32k maps to 32
     and 256k to 256; CIFAR-10's 45,000 map 32k to 1152.
     """
-    from conadv_repro.config import parse_batch
-
     paper = parse_batch(paper_batch)
     if scale == "paper":
         return paper

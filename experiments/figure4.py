@@ -21,7 +21,7 @@ which the performance model (analysis/throughput_model.py) projects from measure
     python analysis/make_figures.py --experiments figure4 [--scale paper]
 """
 
-from conadv_repro.config import parse_batch
+from conadv_repro.batch_sizes import parse_batch
 from conadv_repro.registry import Cell, Experiment
 from experiments.common import method_overrides
 

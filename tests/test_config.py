@@ -15,7 +15,7 @@ from conadv_repro.config import (
     parse_batch,
 )
 from conadv_repro.errors import UserError
-from conadv_repro.presets import TABLE6, table6_hparams
+from conadv_repro.presets import TABLE6, scale_batch, table6_hparams
 
 
 def test_defaults_build_and_round_trip():
@@ -127,6 +127,7 @@ def test_the_official_codes_settings_are_reachable():
     (["method=disadv", "conadv.tau=2"], "conadv.tau has no use with method=disadv; it applies to method=conadv"),
     (["method=conadv", "conadv.tau=-1"], "conadv.tau=-1 must be >= 0"),
     (["method=disadv", "attack.epsilon=-2"], "attack.epsilon=-2.0 must be >= 0.0"),
+    (["method=disadv", "attack.epsilon=256"], "attack.epsilon=256.0 must be <= 255.0"),
     (["method=disadv", "attack.bn_mode=frozen"], "attack.bn_mode='frozen' is not allowed; allowed: train_frozen"),
     (["method=conadv", "attack.bn_mode=train_moving", "conadv.executor=thread"], "cannot run attack.bn_mode"),
     (["method=conadv", "bn.three_way=true"], "bn.three_way=true needs autoaugment=true"),
@@ -149,3 +150,21 @@ def test_a_launcher_variation_leaves_the_noise_control_alone_unless_it_uses_the_
     assert applies_to("attack.epsilon", "noise") and applies_to("attack.loss_weighting", "noise")
     assert not applies_to("attack.step_size", "noise") and not applies_to("attack.bn_mode", "noise")
     assert applies_to("attack.step_size", "disadv")
+
+
+def test_epsilon_takes_the_whole_pixel_range():
+    assert config_from_overrides(["method=disadv", "attack.epsilon=255"]).attack.epsilon == 255.0
+
+
+def test_a_paper_column_trains_its_scales_batch():
+    # Unset, the batch follows the column, as the launcher's rule says (32k at the proxy scale is 32).
+    assert config_from_overrides(["scale=proxy", "paper_batch=32k"]).batch_size == scale_batch("proxy", "32k") == 32
+    assert config_from_overrides(["scale=proxy", "paper_batch=32k", "batch_size=32"]).batch_size == 32
+    # Another batch under the column's label would be read into the wrong cell of a table.
+    with pytest.raises(UserError) as info:
+        config_from_overrides(["scale=proxy", "paper_batch=32k", "batch_size=96"])
+    assert str(info.value) == ("batch_size=96 does not match paper_batch=32k at scale=proxy; allowed: "
+                               "batch_size=32, or leave paper_batch empty for a free run")
+    assert config_from_overrides(["scale=paper", "paper_batch=64k"]).batch_size == 64 * 1024
+    # Without a scale the label is free.
+    assert config_from_overrides(["paper_batch=32k", "batch_size=96"]).batch_size == 96

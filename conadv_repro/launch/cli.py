@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conadv_repro.config import format_batch
+from conadv_repro.batch_sizes import format_batch
 from conadv_repro.errors import OneLineParser, UserError, cli_entry
 from conadv_repro.launch.plan import PlannedRun, apply_filters, check_scale, expand, parse_sets
 from conadv_repro.launch.states import RunState, SlurmJobs, run_state, summary_line

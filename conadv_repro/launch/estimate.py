@@ -19,7 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from conadv_repro.config import Config, format_batch
+from conadv_repro.batch_sizes import format_batch
+from conadv_repro.config import Config
 from conadv_repro.errors import UserError
 from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.launch.profiles import Profile, load_profile
