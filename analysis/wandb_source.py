@@ -1,7 +1,8 @@
 """Runs read back from W&B instead of the run records (`make_tables.py --source wandb`).
 
 The API object is built only here, only when asked: it needs a server and a login. Each W&B run of the
-suite is named by its run id and carries the flat config and the final metrics in its summary.
+suite carries its run id and flat config in its config and the final metrics in its summary; its name is
+a readable label (`conadv AA 96k eps=8 s0 9098b1`) and is never read back.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def load_wandb(entity: str, project: str, scale: str) -> pd.DataFrame:
 def _row(run: Any) -> dict[str, Any] | None:
     config = dict(run.config)
     summary = dict(run.summary)
-    run_id = config.get("run_id") or run.name
+    # The run id is in the config; the W&B name is a label for people and never read back as an id.
+    run_id = config.get("run_id")
     if not run_id:
         return None
     status = summary.get("status") or ("finished" if summary.get("test_top1") is not None else run.state)

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from conadv_repro.run_label import run_label
+
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_PROJECT = "conadv-repro"
 # The hosts `wandb login` may store a key for when no host is configured: W&B's own, and the one recent
@@ -75,6 +77,8 @@ class WandbTracker(Tracker):
         self.init_kwargs = init_kwargs
         self.offline_kwargs = offline_kwargs
         self.mode = init_kwargs["mode"]
+        # The name is a label for people; the run id travels in the config (and the tags).
+        self.run_id = str(init_kwargs.get("config", {}).get("run_id") or init_kwargs["name"])
         self.run: Any = None
         self._min_step = 0  # an online run resumed by W&B accepts steps from its starting step on
 
@@ -85,7 +89,7 @@ class WandbTracker(Tracker):
             warn_once("wandb-import", f"W&B logging is off: `import wandb` failed ({type(error).__name__}: "
                                       f"{error})")
             return Tracker()
-        run_id = self.init_kwargs["name"]
+        run_id = self.run_id
         try:
             self.run = _init(wandb, self.init_kwargs)
         except Exception as error:
@@ -116,8 +120,8 @@ class WandbTracker(Tracker):
         try:
             fn(*args)
         except Exception as error:  # W&B trouble must not stop training
-            warn_once(f"wandb-{what}-{self.init_kwargs['name']}",
-                      f"W&B logging stopped for run {self.init_kwargs['name']}: {what} failed "
+            warn_once(f"wandb-{what}-{self.run_id}",
+                      f"W&B logging stopped for run {self.run_id}: {what} failed "
                       f"({type(error).__name__}: {error})")
             run, self.run = self.run, None
             try:
@@ -146,8 +150,8 @@ class WandbTracker(Tracker):
         try:
             run.finish(exit_code=0 if status == "finished" else 1)
         except Exception as error:
-            warn_once(f"wandb-finish-{self.init_kwargs['name']}", f"W&B could not finish run "
-                      f"{self.init_kwargs['name']} ({type(error).__name__}: {error})")
+            warn_once(f"wandb-finish-{self.run_id}", f"W&B could not finish run "
+                      f"{self.run_id} ({type(error).__name__}: {error})")
 
 
 def _init(wandb: Any, kwargs: dict[str, Any]) -> Any:
@@ -260,7 +264,7 @@ def make_tracker(cfg: Any, *, run_id: str, attempt: int, tags: Sequence[str] = (
               **{f"derived.{key}": value for key, value in (derived or {}).items()}}
     online_id, offline_id = wandb_run_ids(run_id, attempt, started)
     common: dict[str, Any] = {
-        "project": env.get("WANDB_PROJECT") or DEFAULT_PROJECT, "name": run_id, "group": scale,
+        "project": env.get("WANDB_PROJECT") or DEFAULT_PROJECT, "name": run_label(cfg, run_id), "group": scale,
         "job_type": cfg.method, "config": config, "dir": str(run_dir), "reinit": "create_new",
         "allow_val_change": True, "settings": {"console": "off"},
     }

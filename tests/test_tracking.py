@@ -21,6 +21,7 @@ from conadv_repro.tracking import Tracker, WandbTracker, make_tracker, resolve_m
 
 TINY = ["steps=3", "model.width=4", "batch_size=64", "bn.group_size=16", "runtime.device=cpu",
         "runtime.log_every=1", "runtime.threads=1"]
+VARIED = "steps=3 model.width=4 bn.group_size=16"  # TINY's hashed fields the smoke scale sets otherwise
 
 
 @pytest.fixture
@@ -154,7 +155,8 @@ def test_offline_runs_are_one_per_attempt_and_tagged(tmp_path):
     assert first["id"] == f"{run_id}-{1_700_000_000:x}-a1" and second["id"] == f"{run_id}-{1_700_000_000:x}-a2"
     assert first["tags"] == ["table1", "table2", run_id, "attempt-1"]
     assert second["tags"] == ["table1", "table2", run_id, "attempt-2"]
-    assert first["name"] == run_id and first["group"] == "smoke" and first["job_type"] == "vanilla"
+    assert first["name"] == f"vanilla batch=64 {VARIED} s0 {run_id[:6]}"
+    assert first["group"] == "smoke" and first["job_type"] == "vanilla"
     assert first["project"] == "proj" and first["entity"] == "team"
     assert first["dir"] == str((tmp_path / "run").resolve())
     assert first["reinit"] == "create_new" and first["settings"] == {"console": "off"}
@@ -350,3 +352,38 @@ def test_a_login_to_the_installed_wandbs_default_host_is_found(tmp_path):
         assert api_key_configured(env), host
     netrc_file.write_text("machine example.org\n  login user\n  password x\n")
     assert not api_key_configured({"NETRC": str(netrc_file), "WANDB_CONFIG_DIR": str(tmp_path / "cfg")})
+
+
+@pytest.mark.parametrize("items, label", [
+    (["scale=smoke", "method=conadv", "autoaugment=true", "paper_batch=96k", "attack.epsilon=8"],
+     "conadv AA 96k eps=8 s0"),
+    (["scale=smoke", "method=vanilla", "paper_batch=32k", "seed=3"], "vanilla 32k s3"),
+    (["scale=smoke", "method=conadv", "paper_batch=32k", "conadv.tau=2"], "conadv 32k eps=3 tau=2 s0"),
+    # A launcher variation (--set) shows as its key and value, whatever made it.
+    (["scale=smoke", "method=disadv", "paper_batch=8k", "attack.bn_mode=eval"], "disadv 8k eps=3 attack.bn_mode=eval s0"),
+    (["scale=smoke", "method=noise", "paper_batch=8k"], "noise 8k eps=3 s0"),
+])
+def test_wandb_names_say_what_tells_cells_apart(tmp_path, items, label):
+    cfg = config_from_overrides(items)
+    tracker = make_tracker(cfg, run_id=cfg.run_id(), attempt=1, run_dir=tmp_path,
+                           env=clean_env(tmp_path, WANDB_MODE="offline"))
+    kwargs = tracker.init_kwargs
+    assert kwargs["name"] == f"{label} {cfg.run_id()[:6]}"
+    # Ids, tags and the config keep the run id exactly as before: resume and the analysis use those.
+    assert kwargs["id"] == wandb_run_ids(cfg.run_id(), 1)[1]
+    assert cfg.run_id() in kwargs["tags"] and kwargs["config"]["run_id"] == cfg.run_id()
+
+
+def test_wandb_source_reads_the_run_id_from_the_config_never_the_name():
+    from types import SimpleNamespace
+
+    from analysis.wandb_source import _row
+
+    summary = {"test_top1": 40.0, "status": "finished"}
+    run = SimpleNamespace(config={"run_id": "7304fea192fe", "method": "vanilla"}, summary=summary,
+                          name="vanilla 1k s0 7304fe", state="finished", created_at="2026-01-01")
+    row = _row(run)
+    assert row is not None and row["run_id"] == "7304fea192fe" and row["test_top1"] == 40.0
+    # A run without the id in its config is not one of ours, whatever its name looks like.
+    assert _row(SimpleNamespace(config={}, summary=summary, name="7304fea192fe", state="finished",
+                                created_at="2026-01-01")) is None
