@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import textwrap
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conadv_repro.folders import clone_package
+
+# Run as `python analysis/<script>.py`, this file is not inside its package: register the folder as one.
+clone_package("analysis")
 
 from analysis.records import load_runs, planned  # noqa: E402
 from conadv_repro.atomic import atomic_write_bytes  # noqa: E402

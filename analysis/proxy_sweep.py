@@ -33,7 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from conadv_repro.folders import clone_package
+
+# Run as `python analysis/<script>.py`, this file is not inside its package: register the folder as one.
+clone_package("analysis")
 
 import pandas as pd  # noqa: E402
 

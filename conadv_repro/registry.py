@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from conadv_repro.errors import UserError
+from conadv_repro.folders import CLONE, clone_package, folder_package
 
 EXPERIMENTS_ENV = "CONADV_EXPERIMENTS"
+# The package a CONADV_EXPERIMENTS folder is imported as (the suite's own folder is `experiments`).
+USER_EXPERIMENTS = "conadv_user_experiments"
 ORDER = ("table1", "table2", "table3", "table4", "table5", "figure2", "figure4")
 
 
@@ -60,15 +62,25 @@ def experiments_dir() -> Path:
     override = os.environ.get(EXPERIMENTS_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "experiments"
+    return CLONE / "experiments"
+
+
+def _package() -> str:
+    """The package name the experiment files are imported under (see `conadv_repro.folders`)."""
+    folder = experiments_dir().resolve()
+    suite = CLONE / "experiments"
+    if folder == suite.resolve():
+        clone_package("experiments")
+        return "experiments"
+    if suite.is_dir():
+        clone_package("experiments")  # a user's experiment files may import the suite's experiments.common
+    folder_package(USER_EXPERIMENTS, folder)
+    return USER_EXPERIMENTS
 
 
 def _import(name: str) -> Experiment:
     folder = experiments_dir()
-    root = str(folder.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module = importlib.import_module(f"{folder.name}.{name}")
+    module = importlib.import_module(f"{_package()}.{name}")
     experiment = getattr(module, "EXPERIMENT", None)
     if not isinstance(experiment, Experiment):
         raise UserError(f"{folder / (name + '.py')} defines no EXPERIMENT")

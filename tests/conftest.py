@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.analysis_fixture import smoke_runs  # noqa: F401 - a fixture for the analysis tests
-from tests.slurm_support import require_slurm_partition
+from conadv_repro.folders import clone_package, folder_package
+
+# The tests import each other as `tests.*` and the clone's folders as `analysis.*` and `experiments.*`: each
+# folder is registered as a package by its path, as the scripts do, with nothing added to sys.path.
+folder_package("tests", Path(__file__).resolve().parent)
+clone_package("analysis")
+clone_package("experiments")
+
+from tests.analysis_fixture import smoke_runs  # noqa: E402, F401 - a fixture for the analysis tests
+from tests.slurm_support import require_slurm_partition  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -19,9 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for running the package's CLIs in a subprocess."""
+    """Environment for running the package's CLIs in a subprocess (the editable install finds the package)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env["WANDB_DIR"] = str(tmp_path / "wandb")
     env["WANDB_CACHE_DIR"] = str(tmp_path / "wandb-cache")
     return env

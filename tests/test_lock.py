@@ -22,8 +22,6 @@ from conadv_repro.engine.lock import (
 )
 from conadv_repro.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +199,6 @@ def test_lock_held_by_another_process(tmp_path: Path) -> None:
         "time.sleep(60)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, "SLURM_JOB_ID")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from conadv_repro.errors import UserError
 from conadv_repro.launch.plan import apply_filters, expand, parse_sets
 from conadv_repro.presets import scale_batch
 from conadv_repro.registry import load_experiment, load_experiments
+from tests.conftest import REPO
 
 
 def runs_of(names, scale="smoke", sets=None, data_root=""):
@@ -177,3 +180,24 @@ def test_staleness_grid_shares_table1s_runs_and_varies_only_tau():
             assert cfg.conadv.tau == tau and cfg.replace({"conadv.tau": 1}).run_id() == tau1.run_id()
         noise = cells[("Noise (control)", batch)].config
         assert noise.method == "noise" and noise.attack.epsilon == tau1.attack.epsilon
+
+
+def test_a_users_own_experiments_folder_imports_the_suites_common(tmp_path, cli_env):
+    """CONADV_EXPERIMENTS: a folder anywhere (here without __init__.py), whose files import the suite's
+    `experiments.common`, planned by the launcher in a fresh process with nothing added to sys.path."""
+    mine = tmp_path / "my_grids"
+    mine.mkdir()
+    (mine / "widebatch.py").write_text(
+        "from experiments.common import batch_grid\n\n"
+        "EXPERIMENT = batch_grid(name='widebatch', title='Mine', description='vanilla at 2k and 8k',\n"
+        "                        columns=('2k', '8k'), rows={'ResNet-50': ('vanilla', False, (76.0, 75.0))})\n")
+    env = {**cli_env, "CONADV_EXPERIMENTS": str(mine)}
+    out = subprocess.run([sys.executable, "-m", "conadv_repro.launch", "--list"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "widebatch" in out.stdout and "smoke 2" in out.stdout, out.stdout
+    code = ("import sys; from conadv_repro.registry import load_experiment; e = load_experiment('widebatch'); "
+            f"print(len(e.cells), {str(tmp_path)!r} in sys.path, any('my_grids' in p for p in sys.path))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr

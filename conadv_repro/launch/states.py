@@ -6,7 +6,7 @@
 3. `unfinished` (a run directory and no live lock: its process died, with or without a checkpoint);
 4. `missing`.
 
-Liveness follows conadv_repro/engine/lock.py; Slurm is asked once per call for every live job
+Liveness follows conadv_repro/engine/lock.py (read through conadv_repro/lock_state.py); Slurm is asked once per call for every live job
 (`squeue`), not once per run.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conadv_repro.atomic import read_json_dict
-from conadv_repro.engine.lock import LOCK_FILE, STALE_AFTER_S, _parse, _read_raw, _stale_reason
+from conadv_repro.lock_state import LOCK_FILE, STALE_AFTER_S, parse_lock, read_raw, stale_reason
 from conadv_repro.runfiles import FINAL_STATES, LAUNCH_FILE, RECORD_FILE
 
 STATES = ("finished", "failed", "diverged", "running", "queued", "unfinished", "missing")
@@ -65,11 +65,11 @@ def run_state(run_dir: Path, jobs: SlurmJobs | None = None) -> RunState:
     launch = read_json_dict(run_dir / LAUNCH_FILE)
     if record is not None and record.get("status") in FINAL_STATES:
         return RunState(record["status"], record, None, launch)
-    raw = _read_raw(run_dir / LOCK_FILE)
-    info = _parse(raw[0]) if raw else None
+    raw = read_raw(run_dir / LOCK_FILE)
+    info = parse_lock(raw[0]) if raw else None
     if raw is not None:
         gone: Callable[[str], bool] = (jobs or SlurmJobs()).gone
-        if _stale_reason(info, raw[1], STALE_AFTER_S, job_gone=gone) is None:
+        if stale_reason(info, raw[1], STALE_AFTER_S, job_gone=gone) is None:
             running = info is not None and info.get("pid") is not None
             return RunState("running" if running else "queued", record, info, launch)
     if run_dir.exists():
