@@ -87,7 +87,7 @@ SCALES: dict[str, dict[str, Any]] = {
     },
     # The paper's effects in miniature on the embedded digits, 5 seeds per cell (SCALE_SEEDS). The peak LR
     # per batch size (PROXY_LR) and the warmup (proxy_warmup_epochs) are filled in by preset_values. The
-    # budget, 3 epochs, is measured (analysis/proxy_sweep.py, results/proxy/lr_sweep.md and
+    # budget, 3 epochs, is measured (`python -m conadv_repro.sweep`, results/proxy/lr_sweep.md and
     # budget_pilot/): the longest swept budget at which the smallest batch (8) stays off the validation
     # ceiling (98.5% with its best LR; 99.4-99.6% at 3.5-4 epochs) while 32k (batch 32)
     # reaches 97.0% (86% at 2 epochs). See docs/fidelity.md (the proxy scale).
@@ -134,7 +134,7 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 # The proxy scale's peak LR per trained batch size at its 3-epoch budget: the best mean validation top-1
-# (3 seeds, LRs 1, 2, 4, 8, 16; vanilla) of `python analysis/proxy_sweep.py --epochs 3,3.5,4 --lrs
+# (3 seeds, LRs 1, 2, 4, 8, 16; vanilla) of `python -m conadv_repro.sweep --epochs 3,3.5,4 --lrs
 # 1,2,4,8,16 --seeds 0,1,2`, run on a 2-core AMD EPYC (results/proxy/lr_sweep.md: every trial). The
 # validation split only: the test set is never looked at. Between the swept batch sizes the LR is
 # interpolated linearly in log(batch); outside, the nearest's.

@@ -11,7 +11,6 @@ from conadv_repro.config import build_config
 from conadv_repro.launch.plan import expand
 from conadv_repro.presets import PROXY_LR, SCALES, proxy_lr, proxy_warmup_epochs
 from conadv_repro.registry import load_experiments
-from tests.conftest import REPO
 from tests.helpers import run_cli
 
 
@@ -46,7 +45,7 @@ def test_proxy_grid_has_five_seeds_per_cell_and_the_swept_lrs():
 
 
 def test_sweep_trains_on_val_writes_its_table_and_resumes(tmp_path, cli_env):
-    args = [str(REPO / "analysis" / "proxy_sweep.py"), "--batches", "96", "--lrs", "1,2", "--seeds", "0",
+    args = ["-m", "conadv_repro.sweep", "--batches", "96", "--lrs", "1,2", "--seeds", "0",
             "--epochs", "0.1", "--jobs", "2", "--out", str(tmp_path)]
     first = run_cli(args, cli_env, tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr

@@ -1,8 +1,8 @@
-"""`python analysis/proxy_sweep.py`: the proxy scale's epoch budget and peak LR per batch size, chosen on
+"""`python -m conadv_repro.sweep`: the proxy scale's epoch budget and peak LR per batch size, chosen on
 the validation split (never the test set).
 
-    python analysis/proxy_sweep.py                       # the documented sweep (results/proxy/lr_sweep.*)
-    python analysis/proxy_sweep.py --epochs 5,10,20 --batches 8,96 --lrs 2 --out scratch/budget
+    python -m conadv_repro.sweep                         # the documented sweep (results/proxy/lr_sweep.*)
+    python -m conadv_repro.sweep --epochs 5,10,20 --batches 8,96 --lrs 2 --out scratch/budget
 
 The defaults are the documented sweep, the one behind results/proxy/lr_sweep.md and the preset's PROXY_LR:
 `--epochs 3,3.5,4 --lrs 1,2,4,8,16 --seeds 0,1,2` over the batch sizes 8-256, vanilla. Its output folder,
@@ -18,8 +18,10 @@ top-1 over the seeds; ties go to the lower mean validation loss. Trials are appe
 `<out>/lr_sweep_trials.jsonl` as they finish, so a sweep stopped half way resumes where it was; the
 summary goes to `<out>/lr_sweep.md` and `.csv`, with the machine and the command.
 
-Unlike the other analysis scripts this one trains, so it imports the engine (and torch). Each trial runs
-on one torch thread; `--jobs` trials run at once (default: the CPU count).
+It trains, so it is a tool of the package rather than of `analysis/` (which never imports the engine):
+each trial runs the engine's Trainer and scores it with the engine's evaluation on the `val` split. The
+committed results name it by its earlier path, `analysis/proxy_sweep.py`; the arguments are the same.
+Each trial runs on one torch thread; `--jobs` trials run at once (default: the CPU count).
 """
 
 from __future__ import annotations
@@ -33,16 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conadv_repro.folders import clone_package
+import pandas as pd
 
-# Run as `python analysis/<script>.py`, this file is not inside its package: register the folder as one.
-clone_package("analysis")
-
-import pandas as pd  # noqa: E402
-
-from conadv_repro.atomic import append_jsonl, atomic_write_text, read_jsonl  # noqa: E402
-from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E402
-from conadv_repro.machine import cpu_name  # noqa: E402
+from conadv_repro.atomic import append_jsonl, atomic_write_text, read_jsonl
+from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.folders import CLONE
+from conadv_repro.machine import cpu_name
 
 TRIALS = "lr_sweep_trials.jsonl"
 KEYS = ("method", "batch_size", "lr", "seed", "epochs")
@@ -50,7 +48,7 @@ KEYS = ("method", "batch_size", "lr", "seed", "epochs")
 DOCUMENTED = {"batches": "8,16,32,64,96,128,256", "lrs": "1,2,4,8,16", "seeds": "0,1,2", "epochs": "3,3.5,4",
               "method": "vanilla"}
 # The repository's, wherever the script is run from: elsewhere a bare run would train the sweep afresh.
-DOCUMENTED_OUT = Path(__file__).resolve().parent.parent / "results" / "proxy"
+DOCUMENTED_OUT = CLONE / "results" / "proxy"
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -166,7 +164,7 @@ def markdown(summary: pd.DataFrame, trials: pd.DataFrame, command: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(prog="python analysis/proxy_sweep.py", description=__doc__,
+    parser = OneLineParser(prog="python -m conadv_repro.sweep", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default=DOCUMENTED["batches"],
                         help=f"trained batch sizes (default: the proxy's, {DOCUMENTED['batches']})")
@@ -211,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"train {row['train_top1']:.2f} ({row['seconds']:.1f}s)", flush=True)
     trials = pd.DataFrame([done[_key(spec)] for spec in wanted])
     summary = summarise(trials)
-    command = "python analysis/proxy_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m conadv_repro.sweep " + " ".join(argv if argv is not None else sys.argv[1:])
     atomic_write_text(args.out / "lr_sweep.csv", summary.to_csv(index=False))
     atomic_write_text(args.out / "lr_sweep.md", markdown(summary, trials, command.strip()))
     chosen = summary[summary["chosen"]]
