@@ -19,10 +19,13 @@ from tests.helpers import run_cli
 # AutoAugment and accumulation on, so that keyed augmentation and micro-batching are part of the claim.
 COMMON = ["batch_size=64", "bn.group_size=16", "runtime.micro_batch=32", "model.width=8",
           "runtime.checkpoint_every=5", "runtime.log_every=3", "runtime.threads=1", "runtime.device=cpu"]
+# 19 steps an epoch (1257 // 64): the kill comes at step 10 and the run ends a few steps into the second
+# epoch, so the resumed run crosses an epoch end (its evaluation, the look-ahead into the next epoch).
+LENGTH = "steps=25"
 CONFIGS = {
-    "vanilla+aa": [*COMMON, "epochs=8", "autoaugment=true"],
+    "vanilla+aa": [*COMMON, LENGTH, "autoaugment=true"],
     # ConAdv's pending theta snapshot and its concurrent attack thread are part of the checkpoint claim.
-    "conadv": [*COMMON, "epochs=4", "method=conadv", "conadv.executor=thread", "attack.epsilon=4"],
+    "conadv": [*COMMON, LENGTH, "method=conadv", "conadv.executor=thread", "attack.epsilon=4"],
 }
 TIMING_FIELDS = {"elapsed_s", "images_per_s"}
 
@@ -52,8 +55,10 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, cli_env, name):
     config = CONFIGS[name]
     reference = tmp_path / "reference"
-    done = run_cli(["-m", "conadv_repro.train", "--run-dir", str(reference), *config], cli_env, tmp_path)
-    assert done.returncode == 0, done.stderr
+    # The uninterrupted run trains beside the one to be killed (one torch thread each).
+    uninterrupted = subprocess.Popen([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(reference),
+                                      *config], env=cli_env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(killed), *config],
@@ -79,6 +84,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, cli_env,
     assert "corrupt or incomplete" in resumed.stderr
     assert json.loads((killed / "record.json").read_text())["attempts"] == 2
 
+    _, stderr = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, stderr
     assert_bit_identical(final_state(reference), final_state(killed))
     assert metrics_without_timing(reference) == metrics_without_timing(killed)
     ref_final = json.loads((reference / "record.json").read_text())["final"]

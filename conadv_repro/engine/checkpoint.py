@@ -1,15 +1,25 @@
-"""Atomic, self-verifying checkpoints of a run directory.
+"""Atomic, self-verifying checkpoints of a run directory, safe to open.
 
 A preempted or killed job must never resume from half a checkpoint, and must never lose the last good
 one. So every checkpoint is written whole to a temporary file, fsynced and renamed into place
-(`atomic_write_bytes`), and carries its own SHA-256 in a small header: a file whose length or digest
-does not match is treated as incomplete, warned about, and the previous checkpoint is used instead.
+(`atomic_write_bytes`), and seals its own SHA-256: a file that does not verify is treated as
+incomplete, warned about, and the previous checkpoint is used instead.
 
-File format (one file, no sidecar, so there is no window where data and checksum disagree)::
+Opening a checkpoint never runs code from it: every read is `torch.load(..., weights_only=True)`, and
+a file that holds anything but tensors, numbers, strings and containers is refused like a torn one
+(anyone who can write into a shared runs folder could otherwise make the trainer run their code).
 
-    MAGIC (8 bytes) | payload length (8 bytes, big-endian) | sha256(payload) (32 bytes) | payload
+File format: a plain `torch.save` zip (so `torch.load(path, weights_only=True)` opens it as is) whose
+zip comment is the seal::
 
-where the payload is the `torch.save` serialisation of the state dict.
+    torch.save zip ... | end-of-central-directory record | comment length | b"CONADVC2 sha256=" + 64 hex
+
+The digest covers every byte before the comment-length field, and the comment's length and prefix are
+fixed, so a change to any byte of the file (tensor data included, which torch.load itself does not
+check) or a cut anywhere is detected. One file and no sidecar, so data and checksum cannot disagree.
+
+Files of earlier releases (`MAGIC | length | sha256 | torch.save payload`, see `_decode_legacy`) still
+load; their numpy RNG state goes through an explicit allow-list of numpy's array reconstructors.
 
 Layout inside a run directory::
 
@@ -23,21 +33,32 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import re
 import struct
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from conadv_repro.atomic import atomic_write_bytes, fsync_directory
+from conadv_repro.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_NAME = "final.pt"
 
-_MAGIC = b"CONADVC1"
-_HEADER = struct.Struct(">8sQ32s")
+# The seal: the zip comment. Hex, not raw bytes, so the comment can never contain the
+# end-of-central-directory signature that zip readers search for from the end of the file.
+_SEAL_PREFIX = b"CONADVC2 sha256="
+_SEAL_SIZE = len(_SEAL_PREFIX) + 64
+_EOCD_SIGNATURE = b"PK\x05\x06"
+_EOCD_SIZE = 22  # the end-of-central-directory record; its last 2 bytes are the comment's length
+_COMMENT_LENGTH = struct.Struct("<H")
+# The header format of earlier releases: MAGIC | payload length | sha256(payload) | payload.
+_LEGACY_MAGIC = b"CONADVC1"
+_LEGACY_HEADER = struct.Struct(">8sQ32s")
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 # `atomic_write_bytes` names its temporaries ".<target name>.<random>.tmp"; only those of our own
 # checkpoint names are ever cleaned up, so nothing else a user put in the directory is touched.
@@ -82,10 +103,15 @@ def _candidates(run_dir: Path) -> list[Path]:
 def _encode(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload = buffer.getbuffer()
-    header = _HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest())
+    data = buffer.getbuffer()
+    eocd = data[-_EOCD_SIZE:]
+    if len(data) < _EOCD_SIZE or eocd[:4] != _EOCD_SIGNATURE or eocd[-2:] != b"\0\0":
+        # Only if a future torch wrote a zip comment itself: fail the save rather than write an unsealed file.
+        raise RuntimeError("torch.save did not end its zip with an empty comment; cannot seal the checkpoint")
+    sealed = data[: len(data) - _COMMENT_LENGTH.size]
+    seal = _SEAL_PREFIX + hashlib.sha256(sealed).hexdigest().encode("ascii")
     # join accepts the memoryview directly, so the (possibly large) payload is copied only once.
-    return b"".join((header, payload))
+    return b"".join((sealed, _COMMENT_LENGTH.pack(len(seal)), seal))
 
 
 class _CorruptCheckpoint(Exception):
@@ -93,23 +119,67 @@ class _CorruptCheckpoint(Exception):
 
 
 def _decode(data: bytes, map_location: Any) -> dict[str, Any]:
-    if len(data) < _HEADER.size:
-        raise _CorruptCheckpoint(f"file is {len(data)} bytes, shorter than the {_HEADER.size}-byte header")
-    magic, length, digest = _HEADER.unpack_from(data)
-    if magic != _MAGIC:
-        raise _CorruptCheckpoint("missing checkpoint header")
-    payload = memoryview(data)[_HEADER.size :]
+    if data.startswith(_LEGACY_MAGIC):
+        return _decode_legacy(data, map_location)
+    tail = _EOCD_SIZE + _SEAL_SIZE
+    if len(data) < tail:
+        raise _CorruptCheckpoint(f"file is {len(data)} bytes, too short to hold a checkpoint and its seal")
+    eocd, seal = data[-tail:-_SEAL_SIZE], data[-_SEAL_SIZE:]
+    if (eocd[:4] != _EOCD_SIGNATURE or eocd[-2:] != _COMMENT_LENGTH.pack(_SEAL_SIZE)
+            or not seal.startswith(_SEAL_PREFIX)):
+        raise _CorruptCheckpoint("no checksum seal at its end (cut short, or not written by this suite)")
+    sealed = memoryview(data)[: len(data) - _SEAL_SIZE - _COMMENT_LENGTH.size]
+    if hashlib.sha256(sealed).hexdigest().encode("ascii") != seal[len(_SEAL_PREFIX) :]:
+        raise _CorruptCheckpoint("sha256 mismatch")
+    return _safe_load(data, map_location)
+
+
+def _decode_legacy(data: bytes, map_location: Any) -> dict[str, Any]:
+    """A checkpoint of an earlier release: header, then a `torch.save` payload with numpy's RNG tuple."""
+    if len(data) < _LEGACY_HEADER.size:
+        raise _CorruptCheckpoint(f"file is {len(data)} bytes, shorter than the {_LEGACY_HEADER.size}-byte header")
+    _, length, digest = _LEGACY_HEADER.unpack_from(data)
+    payload = memoryview(data)[_LEGACY_HEADER.size :]
     if len(payload) != length:
         raise _CorruptCheckpoint(f"payload is {len(payload)} bytes, header says {length}")
     if hashlib.sha256(payload).digest() != digest:
         raise _CorruptCheckpoint("sha256 mismatch")
+    # Still weights-only: only numpy's array reconstruction is allowed on top, and only here.
+    with torch.serialization.safe_globals(_legacy_numpy_globals()):
+        return _safe_load(payload, map_location)
+
+
+def _legacy_numpy_globals() -> list[Any]:
+    """What unpickling `np.random.get_state()` needs: an ndarray of one dtype (uint32), nothing callable
+    beyond numpy's own array reconstructor."""
     try:
-        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    # numpy 2 moved numpy.core to numpy._core; a file pickled under either names the one it was written with.
+    return [(_reconstruct, "numpy.core.multiarray._reconstruct"),
+            (_reconstruct, "numpy._core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _safe_load(payload: bytes | memoryview, map_location: Any) -> dict[str, Any]:
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise _CorruptCheckpoint(f"refused by the weights-only loader: {_unpickler_reason(error)}") from error
     except Exception as error:  # a verified file that still fails to load is as unusable as a torn one
-        raise _CorruptCheckpoint(f"torch.load failed: {type(error).__name__}: {error}") from error
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise _CorruptCheckpoint(f"torch.load failed: {type(error).__name__}: {first}") from error
     if not isinstance(state, dict):
         raise _CorruptCheckpoint(f"payload is a {type(state).__name__}, not a dict")
     return state
+
+
+def _unpickler_reason(error: Exception) -> str:
+    # torch's message is several paragraphs of advice to load with weights_only=False; keep the cause.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if "WeightsUnpickler error" in line), lines[-1] if lines else "")
+    return cause.replace("WeightsUnpickler error: ", "")
 
 
 def save_checkpoint(
@@ -152,11 +222,14 @@ def _prune(directory: Path, *, keep: int, written: Path) -> None:
 
 
 def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> tuple[dict[str, Any], Path] | None:
-    """Load the newest checkpoint that verifies, as `(state, path)`; None if there is none.
+    """Load the newest checkpoint that verifies, as `(state, path)`; None if the run has no checkpoint.
 
-    A corrupt, truncated or unverifiable file is reported with a RuntimeWarning and skipped in favour
-    of the next older one, so a crash during the last save costs one checkpoint interval, not the run.
+    A corrupt, truncated, unverifiable or unsafe file is reported with a RuntimeWarning and skipped in
+    favour of the next older one, so a crash during the last save costs one checkpoint interval, not the
+    run. When checkpoints exist but none verifies, raises `UserError`: starting again from step 0 would
+    silently throw the run's progress away and prune those files, which may still be recoverable.
     """
+    failures: list[tuple[Path, str]] = []
     for path in _candidates(run_dir):
         try:
             data = path.read_bytes()
@@ -164,12 +237,21 @@ def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> tuple[di
             # Pruned between listing and reading; not a corruption worth warning about.
             continue
         except OSError as error:
-            _warn_corrupt(path, f"cannot read: {error}")
+            failures.append((path, f"cannot read: {error}"))
+            _warn_corrupt(path, failures[-1][1])
             continue
         try:
             return _decode(data, map_location), path
         except _CorruptCheckpoint as error:
+            failures.append((path, str(error)))
             _warn_corrupt(path, str(error))
+    if failures:
+        newest, reason = failures[0]
+        reason = " ".join(reason.split())  # an OS or torch message may span lines; the error is one
+        raise UserError(
+            f"run directory {run_dir} has {len(failures)} checkpoint file(s) and none verifies (newest, "
+            f"{newest.name}: {reason}); refusing to start it again from step 0: restore a good checkpoint, "
+            f"or move {checkpoint_dir(run_dir)} away to train from scratch")
     return None
 
 
@@ -200,6 +282,7 @@ __all__ = [
     "FINAL_NAME",
     "checkpoint_dir",
     "latest_checkpoint",
+    "load_checkpoint_file",
     "load_latest_checkpoint",
     "save_checkpoint",
     "step_checkpoint_name",
