@@ -151,6 +151,11 @@ class RuntimeConfig:
                           "the batch; 0 = the whole share",
                           minimum=0, batch=True, hashed=False)
     workers: int = _f(0, "data-loader worker processes", minimum=0, hashed=False)
+    normalise: str = _f("auto", "where uint8 images become normalised float32: loader (in the loader's workers), "
+                        "device (after the copy to the device: a quarter of the bytes to copy and pin; the "
+                        "suite's datasets and make_bundle's, others normalise in the loader), auto (device on "
+                        "CUDA, loader on the CPU); the same numbers either way",
+                        choices=("auto", "loader", "device"), hashed=False)
     threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
     trainers: int = _f(0, "trainer processes of a multi-process run (one GPU each); the launcher asks for "
                        "trainers + conadv.attack_workers tasks; 0 = every rank that is not an attack worker "
@@ -164,6 +169,10 @@ class RuntimeConfig:
                        "is part of the run id)", choices=("none", "bf16"))
     channels_last: bool = _f(True, "channels_last memory format on CUDA", hashed=False)
     compile: bool = _f(False, "torch.compile the network", hashed=False)
+    deterministic: bool = _f(False, "deterministic kernels: torch.use_deterministic_algorithms (warn_only), "
+                             "CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN deterministic without autotuning; repeatable "
+                             "bits on one machine at some speed (docs/gpu-check.md); for the whole process",
+                             hashed=False)
     log_every: int = _f(10, "steps between progress lines and metrics rows", positive=True, hashed=False)
     eval_every: int = _f(1, "epochs between test-set evaluations (and always at the end)",
                          positive=True, hashed=False)
@@ -184,6 +193,10 @@ class Config:
                    "or your own builder as pkg.module:build", choices=("digits", "cifar10", "imagenet"),
                    open_choices=True)
     data_root: str = _f("", "dataset directory (cifar10, imagenet)", hashed=False)
+    data_decoder: str = _f("pil", "image decoder of data=imagenet: pil (Pillow, torchvision's ImageFolder) or "
+                           "torchvision (torchvision.io's libjpeg-turbo, faster; the augmentation is the same, "
+                           "but another decoder may give other pixels, so it is part of the run id); never "
+                           "chosen for you", choices=("pil", "torchvision"))
     batch_size: int = _f(128, "global batch size trained (32k = 32 x 1024)", positive=True, batch=True)
     epochs: float = _f(30.0, "training length in epochs (an epoch is floor(N / batch_size) steps)",
                        positive=True)
@@ -389,6 +402,9 @@ def _validate_cross_fields(cfg: Config) -> None:
     if cfg.model.width != 16 and cfg.model.name in ("resnet18", "resnet50"):
         raise UserError(f"model.width={cfg.model.width} has no effect on model.name={cfg.model.name} (its widths "
                         "are fixed); it applies to resnet8/14/20/32")
+    if cfg.data_decoder != "pil" and cfg.data != "imagenet":
+        raise UserError(f"data_decoder={cfg.data_decoder} applies to data=imagenet (the image files), not "
+                        f"data={cfg.data}; allowed here: data_decoder=pil")
     if cfg.bn.three_way and not cfg.autoaugment:
         raise UserError("bn.three_way=true needs autoaugment=true (its third BN is for augmented images)")
     if cfg.schedule.end_lr > cfg.optim.lr and cfg.optim.lr_rule == "fixed":

@@ -16,6 +16,7 @@ same numbers (tests/test_conadv.py checks the thread against the sequential exec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -30,7 +31,7 @@ class SequentialExecutor:
     concurrent = False
     name = "sequential"
 
-    def submit(self, fn: Callable[[], Tensor]) -> Future[Any]:
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         future: Future[Any] = Future()
         try:
             future.set_result(fn())
@@ -38,7 +39,7 @@ class SequentialExecutor:
             future.set_exception(error)
         return future
 
-    def wait(self, future: Future[Any]) -> Tensor:
+    def wait(self, future: Future[Any]) -> Any:
         return future.result()
 
     def close(self) -> None:
@@ -54,10 +55,10 @@ class ThreadExecutor:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conadv-attack",
                                         initializer=torch.set_num_threads, initargs=(threads,))
 
-    def submit(self, fn: Callable[[], Tensor]) -> Future[Any]:
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         return self._pool.submit(fn)
 
-    def wait(self, future: Future[Any]) -> Tensor:
+    def wait(self, future: Future[Any]) -> Any:
         return future.result()
 
     def close(self) -> None:
@@ -72,11 +73,11 @@ class StreamExecutor(ThreadExecutor):
         self.device = device
         self.side = torch.cuda.Stream(device=device)
 
-    def submit(self, fn: Callable[[], Tensor]) -> Future[Any]:
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         ready = torch.cuda.Event()
         ready.record(torch.cuda.current_stream(self.device))  # after the snapshot copy was issued
 
-        def on_side_stream() -> tuple[Tensor, torch.cuda.Event]:
+        def on_side_stream() -> tuple[Any, torch.cuda.Event]:
             with torch.cuda.device(self.device), torch.cuda.stream(self.side):
                 self.side.wait_event(ready)
                 out = fn()
@@ -86,12 +87,26 @@ class StreamExecutor(ThreadExecutor):
 
         return self._pool.submit(on_side_stream)
 
-    def wait(self, future: Future[Any]) -> Tensor:
+    def wait(self, future: Future[Any]) -> Any:
         out, done = future.result()
         main = torch.cuda.current_stream(self.device)
         main.wait_event(done)
-        out.record_stream(main)
+        for tensor in _tensors_in(out):
+            if tensor.is_cuda:
+                tensor.record_stream(main)
         return out
+
+
+def _tensors_in(value: Any) -> list[Tensor]:
+    """The tensors of a result: a tensor, or tuples, lists and dataclasses (a MicroBatch) holding them;
+    all were made on the side stream and are read on the main one."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors_in(item)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [t for f in dataclasses.fields(value) for t in _tensors_in(getattr(value, f.name))]
+    return []
 
 
 def executor_name(name: str, device: torch.device, *, moves_running_stats: bool) -> str:

@@ -29,7 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from conadv_repro.data.sources import EvalSet, FileImages, ImageSource, KeyedTrainSet, TensorImages
+from conadv_repro.data.sources import (
+    EvalSet,
+    FileImages,
+    ImageSource,
+    KeyedTrainSet,
+    TensorImages,
+    file_decoder,
+)
 from conadv_repro.data.transforms import (
     ImageTransform,
     PairedTransform,
@@ -247,13 +254,17 @@ def _imagenet_val_split(
     return train, val
 
 
-def build_imagenet(root: str, image_size: int, *, autoaugment: bool = False, seed: int = 0) -> DataBundle:
+def build_imagenet(
+    root: str, image_size: int, *, autoaugment: bool = False, seed: int = 0, decoder: str = "pil"
+) -> DataBundle:
     """ILSVRC-2012 in class folders: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG.
 
     The official validation images come as one flat folder; move each into its class folder first
     (for example with `valprep.sh` from github.com/soumith/imagenetloader.torch). They are the test
     split here; the validation split is IMAGENET_VAL_PER_CLASS (3) training images per class, held out of train.
+    `decoder` (the config's `data_decoder`): pil, as torchvision's ImageFolder, or torchvision (torchvision.io).
     """
+    decode = file_decoder(decoder)
     from torchvision.datasets import ImageFolder
 
     size = image_size or 224
@@ -279,12 +290,11 @@ def build_imagenet(root: str, image_size: int, *, autoaugment: bool = False, see
     targets = np.asarray(official_train.targets, dtype=np.int64)
     num_classes = len(official_train.classes)
     train, val = _imagenet_val_split(targets, num_classes, official_train.classes)
-    loader = official_train.loader
     return make_bundle(
         "imagenet",
-        train=FileImages([samples[i] for i in train], loader),
-        val=FileImages([samples[i] for i in val], loader),
-        test=FileImages(official_val.samples, loader),
+        train=FileImages([samples[i] for i in train], decode),
+        val=FileImages([samples[i] for i in val], decode),
+        test=FileImages(official_val.samples, decode),
         transforms=imagenet_preset(size, IMAGENET_MEAN, IMAGENET_STD, autoaugment=autoaugment),
         num_classes=num_classes,
         image_size=size,
@@ -397,12 +407,17 @@ def build_data(
     autoaugment: bool = False,
     seed: int = 0,
     paired: bool = False,
+    decoder: str = "pil",
 ) -> DataBundle:
     """Build dataset `name` (see the module docstring); `image_size` 0 means the dataset's default.
 
     `paired=True` needs `autoaugment=True`: the original is the image without AutoAugment, so without
-    it the two views would be the same.
+    it the two views would be the same. `decoder` other than pil is for imagenet (its image files).
     """
+    if decoder != "pil" and name != "imagenet":
+        raise UserError(
+            f"decoder {decoder!r} applies to imagenet (image files), not to dataset '{name}'; allowed: pil"
+        )
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
         raise UserError(
             f"image_size {image_size!r} is not allowed; allowed: a positive integer, or 0 for the default"
@@ -413,7 +428,9 @@ def build_data(
             "allowed: paired=false, or paired=true with autoaugment=true"
         )
     if name in DATASETS:
-        bundle = DATASETS[name](root, image_size, autoaugment=autoaugment, seed=seed)
+        # Only a decoder other than the default is passed, so builders without the argument keep working.
+        extra = {"decoder": decoder} if decoder != "pil" else {}
+        bundle = DATASETS[name](root, image_size, autoaugment=autoaugment, seed=seed, **extra)
     elif ":" in name:
         bundle = load_user_dataset(name, root, image_size, autoaugment=autoaugment, seed=seed)
     else:

@@ -5,6 +5,10 @@ in a `Lookahead` so that the engine can see the next steps' data (ConAdv attacks
 batch t trains). Each example's augmentation is keyed by (seed, epoch, index), so the result is the
 same for any number of workers, any micro-batch size and any resume point. A paired bundle's
 micro-batches also carry `originals`, the same examples without AutoAugment.
+
+With `normalise_on_device=True` the workers hand over uint8 images and the micro-batch carries the
+`Normalise` that turns them into float: `MicroBatch.to` copies the uint8 batch (a quarter of the bytes
+of float32, pinned too when pinning) and normalises it on the device, with the numbers of the CPU path.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from conadv_repro.data.datasets import DataBundle
 from conadv_repro.data.sampler import BatchPlan, Lookahead, MicroBatchKey, MicroBatchSampler
-from conadv_repro.data.sources import Sample, StackedSamples, stack_samples
+from conadv_repro.data.sources import KeyedTrainSet, Sample, StackedSamples, stack_samples
+from conadv_repro.data.transforms import Normalise
 from conadv_repro.errors import UserError
 
 
@@ -26,7 +31,8 @@ class MicroBatch:
     """One micro-batch of this rank: normalised inputs, int64 targets, int64 global example indices.
 
     `originals` (paired bundles only, else None) are the inputs' examples with the same crop and flip
-    but without AutoAugment, for the main BatchNorm of the three-way BN option.
+    but without AutoAugment, for the main BatchNorm of the three-way BN option. When `normalise` is set,
+    inputs and originals are still uint8 and `to` normalises them after the copy.
     """
 
     key: MicroBatchKey
@@ -34,19 +40,25 @@ class MicroBatch:
     targets: torch.Tensor
     indices: torch.Tensor
     originals: torch.Tensor | None = None
+    normalise: Normalise | None = None
 
     def to(
         self, device: torch.device | str, non_blocking: bool = True, channels_last: bool = False
     ) -> MicroBatch:
-        """Move inputs, originals (if any) and targets to `device`.
+        """Move inputs, originals (if any) and targets to `device`; uint8 images are normalised there.
 
         `indices` stay on the CPU: they are keys for seeding per-example randomness in Python, and
         reading them back from a GPU would stall the stream.
         """
-        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        normalise = self.normalise
+        # The loader's uint8 batches are channels-last in memory (see `assemble`); without channels_last
+        # they become contiguous, as float batches are, so that the network sees the same layout.
+        unchanged = torch.preserve_format if normalise is None else torch.contiguous_format
+        memory_format = torch.channels_last if channels_last else unchanged
 
         def move(images: torch.Tensor) -> torch.Tensor:
-            return images.to(device, non_blocking=non_blocking, memory_format=memory_format)
+            moved = images.to(device, non_blocking=non_blocking, memory_format=memory_format)
+            return moved if normalise is None else normalise.on_device(moved)
 
         return MicroBatch(
             key=self.key,
@@ -88,8 +100,13 @@ def train_micro_batches(
     world_size: int = 1,
     workers: int = 0,
     pin_memory: bool = False,
+    normalise_on_device: bool = False,
 ) -> Lookahead[MicroBatch]:
-    """This rank's micro-batches of steps [start_step, end_step), in (step, micro) order."""
+    """This rank's micro-batches of steps [start_step, end_step), in (step, micro) order.
+
+    `normalise_on_device`: uint8 micro-batches that `MicroBatch.to` normalises, where the train set
+    allows it (a `KeyedTrainSet` of a preset, what `make_bundle` builds); others stay normalised float.
+    """
     _check_workers(workers)
     if plan.num_examples != bundle.num_train:
         raise UserError(
@@ -98,8 +115,13 @@ def train_micro_batches(
         )
     paired = bool(getattr(bundle, "paired", False))  # a user's duck-typed bundle may lack the field
     sampler = MicroBatchSampler(plan, start_step, end_step, micro_size, rank=rank, world_size=world_size)
+    dataset = bundle.train
+    normalise: Normalise | None = None
+    if normalise_on_device and isinstance(dataset, KeyedTrainSet) and dataset.can_give_uint8:
+        dataset = dataset.as_uint8()
+        normalise = dataset.normalise
     loader = DataLoader(
-        bundle.train,
+        dataset,
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
@@ -122,6 +144,7 @@ def train_micro_batches(
                 targets=batch.targets,
                 indices=batch.indices,
                 originals=batch.originals if paired else None,
+                normalise=normalise,
             )
 
     return Lookahead(micro_batches())

@@ -9,15 +9,19 @@ set (see `PairedTransform`) appends the un-AutoAugmented view: `(image, label, i
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, get_worker_info
 
 from conadv_repro.data.keys import STREAM_AUGMENT, example_seed
 from conadv_repro.data.sampler import SampleKey
-from conadv_repro.data.transforms import PairedTransform, Transform, keyed_call
+from conadv_repro.data.transforms import ImageTransform, Normalise, PairedTransform, Transform, keyed_call
+from conadv_repro.errors import UserError
 
 
 class ImageSource(Protocol):
@@ -62,13 +66,41 @@ class FileImages:
         return self.loader(path), label
 
 
+DECODERS = ("pil", "torchvision")
+
+
+def torchvision_decode(path: str) -> Image.Image:
+    """An image file as an RGB PIL image, decoded by torchvision.io (libjpeg-turbo, libpng, ...).
+
+    `decode_image` reads the format from the file's first bytes, so a PNG named .JPEG (ImageNet has
+    one) decodes; ImageReadMode.RGB turns greyscale and CMYK JPEGs into RGB. The PIL image it gives
+    keeps the augmentation the Pillow path runs, so only the decoder differs.
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    decoded = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    return Image.fromarray(decoded.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def file_decoder(name: str) -> Callable[[str], Any]:
+    """The decode function of `data_decoder`: pil is torchvision's ImageFolder loader (Pillow, RGB)."""
+    if name == "pil":
+        from torchvision.datasets.folder import default_loader
+
+        return default_loader
+    if name == "torchvision":
+        return torchvision_decode
+    raise UserError(f"data_decoder={name!r} is not allowed; allowed: {', '.join(DECODERS)}")
+
+
 # An item: (image, label, index), or (image, label, index, original) from a paired train set.
 Sample = tuple[torch.Tensor, int, int] | tuple[torch.Tensor, int, int, torch.Tensor]
 
 
 class StackedSamples(NamedTuple):
     """A collated batch: inputs (N,C,H,W) float, targets (N,) int64, global indices (N,) int64, and
-    for a paired train set the originals (N,C,H,W) float (the inputs without AutoAugment), else None."""
+    for a paired train set the originals (N,C,H,W) float (the inputs without AutoAugment), else None.
+    From a train set built with `uint8=True` the images are uint8, not yet normalised."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -100,6 +132,48 @@ def _batched_path(source: ImageSource, transform: object) -> bool:
     )
 
 
+def _ours(transform: object) -> bool:
+    """Whether `transform` is one of the suite's presets, which split into augment + normalise."""
+    return isinstance(transform, (ImageTransform, PairedTransform))
+
+
+def new_batch(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised batch; in a loader worker, in shared memory.
+
+    A worker's batch travels to the main process through shared memory, and a tensor made elsewhere is
+    copied there on the way (a whole extra pass over the batch); torch's default_collate allocates
+    there for the same reason.
+    """
+    if get_worker_info() is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty((0,), dtype=dtype).set_(storage, 0, tuple(shape))
+
+
+def assemble(images: Sequence[torch.Tensor], normalise: Normalise | None) -> torch.Tensor:
+    """One batch (N,C,H,W) from uint8 (C,H,W) images of one size: float32 normalised by `normalise`, or
+    uint8 as they are when it is None (normalised later, on the device).
+
+    A uint8 batch is laid out channels-last (N,H,W,C in memory): a decoded image is H,W,C already, so
+    each image is one plain copy, and a channels-last network on the GPU takes the batch as it is.
+    """
+    count, (channels, height, width) = len(images), images[0].shape
+    if normalise is None:
+        out = new_batch((count, height, width, channels), torch.uint8).permute(0, 3, 1, 2)
+        for slot, image in zip(out, images, strict=True):
+            slot.copy_(image)
+        return out
+    return normalise.fill(new_batch((count, channels, height, width), torch.float32), images)
+
+
+def index_tensor(values: Sequence[int]) -> torch.Tensor:
+    """int64 labels or indices of a batch, in shared memory in a worker like the images."""
+    out = new_batch((len(values),), torch.int64)
+    out.copy_(torch.as_tensor(values, dtype=torch.int64))
+    return out
+
+
 class KeyedTrainSet(Dataset):
     """The training split: item `(global_index, epoch, step, micro)` -> `(image, label, global_index)`.
 
@@ -108,13 +182,19 @@ class KeyedTrainSet(Dataset):
     reloading a batch (ConAdv attacks step t+1's batch one step early) reproduces it exactly.
 
     With a `PairedTransform` the items are `(image, label, global_index, original)`, `image` being
-    bit-identical to the unpaired set's under the same key.
+    bit-identical to the unpaired set's under the same key. With `uint8=True` (see `as_uint8`) the
+    images are the uint8 images before normalisation, which `MicroBatch.to` then does on the device.
     """
 
-    def __init__(self, source: ImageSource, transform: Transform | PairedTransform, seed: int) -> None:
+    def __init__(
+        self, source: ImageSource, transform: Transform | PairedTransform, seed: int, *, uint8: bool = False
+    ) -> None:
+        if uint8 and not _ours(transform):
+            raise ValueError(f"{transform!r} is not a preset of the suite, so it cannot give uint8 images")
         self.source = source
         self.transform = transform
         self.seed = seed
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.source)
@@ -127,10 +207,42 @@ class KeyedTrainSet(Dataset):
     def paired(self) -> bool:
         return isinstance(self.transform, PairedTransform)
 
+    @property
+    def can_give_uint8(self) -> bool:
+        """Whether the transform is a preset of the suite (a user's transform normalises itself)."""
+        return _ours(self.transform)
+
+    def as_uint8(self) -> KeyedTrainSet:
+        """This train set giving uint8 images, the same examples before `normalise` (see `MicroBatch.to`)."""
+        out = copy.copy(self)
+        out.uint8 = True
+        return out
+
+    @property
+    def normalise(self) -> Normalise:
+        """The transform's `Normalise` (the preset's last step), for a uint8 train set's batches."""
+        return self.transform.normalise  # type: ignore[union-attr]
+
+    def _seed(self, key: SampleKey) -> int:
+        return example_seed(self.seed, key[1], key[0], STREAM_AUGMENT)
+
+    def _augmented(self, key: SampleKey) -> tuple[Any, int]:
+        """(uint8 image, or (augmented, original) for a paired set; label) of a preset, unnormalised."""
+        image, label = self.source.load(key[0])
+        augment = self.transform.augment  # type: ignore[union-attr]
+        if not getattr(self.transform, "random", True):
+            return augment(image), label
+        return keyed_call(augment, image, self._seed(key)), label
+
     def __getitem__(self, key: SampleKey) -> Sample:
-        index, epoch = key[0], key[1]
+        index = key[0]
+        if self.uint8:
+            image, label = self._augmented(key)
+            if isinstance(self.transform, PairedTransform):
+                return image[0], label, index, image[1]
+            return image, label, index
         image, label = self.source.load(index)
-        seed = example_seed(self.seed, epoch, index, STREAM_AUGMENT)
+        seed = self._seed(key)
         if isinstance(self.transform, PairedTransform):
             augmented, original = keyed_call(self.transform, image, seed)
             return augmented, label, index, original
@@ -141,10 +253,22 @@ class KeyedTrainSet(Dataset):
         if _batched_path(self.source, self.transform):
             assert isinstance(self.source, TensorImages)
             indices = torch.tensor([key[0] for key in keys], dtype=torch.int64)
+            images = self.source.images[indices]
             return StackedSamples(
-                self.transform(self.source.images[indices]), self.source.labels[indices], indices
+                images if self.uint8 else self.transform(images), self.source.labels[indices], indices
             )
-        return stack_samples([self[key] for key in keys])
+        if not _ours(self.transform):
+            return stack_samples([self[key] for key in keys])
+        normalise = None if self.uint8 else self.normalise
+        # A preset: augment each image (keyed), then normalise the batch in place, allocated once.
+        images, labels = zip(*(self._augmented(key) for key in keys), strict=True)
+        indices = index_tensor([key[0] for key in keys])
+        if isinstance(self.transform, PairedTransform):
+            augmented, originals = zip(*images, strict=True)
+            return StackedSamples(
+                assemble(augmented, normalise), index_tensor(labels), indices, assemble(originals, normalise)
+            )
+        return StackedSamples(assemble(images, normalise), index_tensor(labels), indices)
 
 
 class EvalSet(Dataset):
@@ -166,4 +290,12 @@ class EvalSet(Dataset):
             assert isinstance(self.source, TensorImages)
             index = torch.tensor(list(indices), dtype=torch.int64)
             return StackedSamples(self.transform(self.source.images[index]), self.source.labels[index], index)
-        return stack_samples([self[i] for i in indices])
+        if not isinstance(self.transform, ImageTransform):
+            return stack_samples([self[i] for i in indices])
+        loaded = [self.source.load(i) for i in indices]
+        images = [self.transform.augment(image) for image, _ in loaded]
+        return StackedSamples(
+            assemble(images, self.transform.normalise),
+            index_tensor([label for _, label in loaded]),
+            index_tensor(list(indices)),
+        )

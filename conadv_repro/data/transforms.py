@@ -13,9 +13,13 @@ This is the paper's augmentation: section 3.1 trains on the augmented image inst
 `PairedTransform` gives both views of one draw, for the official code's three-way BatchNorm (main BN
 on the original, auxiliary BNs on the AutoAugment and the adversarial image).
 
-torchvision's random transforms draw from torch's global RNG, so `keyed_call` runs one under a forked
-RNG seeded per example; then an example's augmentation depends only on its key, not on which worker
-or micro-batch happens to process it.
+torchvision's random transforms draw from torch's global CPU generator, so `keyed_call` runs one with
+that generator seeded per example (and restored afterwards); then an example's augmentation depends only
+on its key, not on which worker or micro-batch happens to process it.
+
+The loader works in two halves: `augment` (the random, per-image steps, on uint8) and `Normalise`
+(elementwise, so it can run on a whole batch, and after the copy to the device on uint8 batches: see
+`MicroBatch.to`); the per-image `__call__` is the two halves in a row and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -51,14 +55,50 @@ class Normalise:
             )
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._on_device: dict[str, tuple[torch.Tensor, ...]] = {}
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def _check(self, image: torch.Tensor) -> None:
         if image.dtype != torch.uint8 or image.dim() not in (3, 4) or image.shape[-3] != self.mean.shape[0]:
             raise UserError(
                 f"image of dtype {image.dtype} and shape {tuple(image.shape)} cannot be normalised; "
                 f"allowed: uint8 with {self.mean.shape[0]} channel(s), shaped (C,H,W) or (N,C,H,W)"
             )
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        self._check(image)
         return image.to(torch.float32).div(255.0).sub(self.mean).div(self.std)
+
+    def fill(self, out: torch.Tensor, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Write `images` (uint8 (C,H,W), any strides) into the float32 batch `out`, normalised.
+
+        The same three operations as `__call__`, in place, one image at a time so that an image stays in
+        the cache between them; the numbers are those of `__call__`.
+        """
+        for slot, image in zip(out, images, strict=True):
+            slot.copy_(image)
+            slot.div_(255.0).sub_(self.mean).div_(self.std)
+        return out
+
+    def on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """`__call__` for a uint8 batch already on its device (a CPU batch gets exactly `__call__`).
+
+        On a GPU, dividing by a Python number multiplies by its reciprocal (one rounding more than the
+        CPU's division), so there 255 is a tensor on the device, which divides as the CPU does.
+        """
+        if images.device.type == "cpu":
+            return self(images)
+        self._check(images)
+        key = str(images.device)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(
+                t.to(images.device) for t in (torch.tensor(255.0), self.mean, self.std)
+            )
+        scale, mean, std = self._on_device[key]
+        return images.to(torch.float32).div(scale).sub(mean).div(std)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Device copies stay in the process that made them (a spawned loader worker must not get them).
+        return {**self.__dict__, "_on_device": {}}
 
 
 class ImageTransform:
@@ -84,10 +124,14 @@ class ImageTransform:
     def batchable(self) -> bool:
         return not self.steps
 
-    def __call__(self, image: ImageInput) -> torch.Tensor:
+    def augment(self, image: ImageInput) -> torch.Tensor:
+        """The augmentation steps only: a uint8 (C,H,W) tensor, possibly a view of the source's memory."""
         for step in self.steps:
             image = step(image)
-        return self.normalise(_as_tensor(image))
+        return _as_tensor(image)
+
+    def __call__(self, image: ImageInput) -> torch.Tensor:
+        return self.normalise(self.augment(image))
 
     @property
     def can_pair(self) -> bool:
@@ -122,14 +166,18 @@ class PairedTransform:
         self.autoaugment = train.steps[-1]
         self.normalise = train.normalise
 
-    def __call__(self, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(self, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(augmented, original)` as uint8 (C,H,W) tensors, before normalisation."""
         for step in self.geometric:
             image = step(image)
-        # Normalised before AutoAugment runs: the float copy is safe from any in-place change to `image`
-        # (for in-memory data, a view of the whole split).
-        original = self.normalise(_as_tensor(image))
-        augmented = self.normalise(_as_tensor(self.autoaugment(image)))
-        return augmented, original
+        # Copied before AutoAugment runs: the original is then safe from any in-place change to `image`
+        # (for in-memory data, a view of the whole split). A PIL image's tensor is a copy already.
+        original = image.clone() if isinstance(image, torch.Tensor) else _as_tensor(image)
+        return _as_tensor(self.autoaugment(image)), original
+
+    def __call__(self, image: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+        augmented, original = self.augment(image)
+        return self.normalise(augmented), self.normalise(original)
 
     def __repr__(self) -> str:
         steps = ", ".join(type(step).__name__ for step in self.geometric) or "no augmentation"
@@ -189,13 +237,21 @@ def imagenet_preset(
 
 
 def keyed_call(transform: Callable[[Any], R], image: ImageInput, seed: int) -> R:
-    """Apply `transform` with torch's global RNG seeded by `seed`, leaving the caller's RNG untouched.
+    """Apply `transform` with torch's global CPU generator seeded by `seed`, then restore the caller's state.
 
-    Transforms that declare `random = False` skip the fork, which costs more than normalising a small
-    image; anything else (a user's transform) is assumed random.
+    Only the CPU default generator: torchvision's transforms draw from it alone (torch.rand, torch.randint
+    and Tensor.uniform_ without a generator, on CPU tensors). `torch.manual_seed` would also seed every
+    CUDA generator, and lazily (a stack trace per call) before CUDA starts: a few hundred microseconds an
+    image, and, in a process that trains on CUDA without loader workers, the training's CUDA generator
+    re-seeded by every image. Transforms that declare `random = False` skip the seeding; anything else
+    (a user's transform) is assumed random.
     """
     if not getattr(transform, "random", True):
         return transform(image)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
         return transform(image)
+    finally:
+        generator.set_state(state)

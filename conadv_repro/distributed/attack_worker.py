@@ -28,6 +28,7 @@ from conadv_repro.distributed.attack_link import (
     weight_steps,
 )
 from conadv_repro.distributed.context import DistContext
+from conadv_repro.engine.determinism import enable_deterministic
 from conadv_repro.engine.trainer import autocast_context, build_network, derive, resolve_device
 from conadv_repro.methods.adversarial import AdversarialMethod
 from conadv_repro.methods.base import MethodContext
@@ -38,10 +39,13 @@ class AttackWorker:
         self.cfg, self.ctx, self.log = cfg, ctx, log
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
+        if cfg.runtime.deterministic:
+            enable_deterministic()
         self.device = resolve_device(cfg.runtime.device, ctx.local_rank)
         self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
         self.bundle = build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
-                                 autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way)
+                                 autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way,
+                                 decoder=cfg.data_decoder)
         self.derived = derive(cfg, self.bundle.num_train, ctx.trainers, ctx.attack_workers)
         self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed, dataset=self.bundle.name)
         self.chunk = cfg.batch_size // ctx.attack_workers

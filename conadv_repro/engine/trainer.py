@@ -9,26 +9,27 @@ ghost-BN statistics into the running statistics once; take the optimizer step; t
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conadv_repro.config import Config, format_batch
+from conadv_repro.batch_sizes import format_batch
+from conadv_repro.config import Config
 from conadv_repro.data.datasets import DataBundle, build_data
 from conadv_repro.data.loader import MicroBatch, eval_batches, train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
 from conadv_repro.distributed.context import SINGLE, DistContext
 from conadv_repro.distributed.replicas import make_replicas
+from conadv_repro.engine.determinism import enable_deterministic
 from conadv_repro.engine.evaluation import evaluate, topk_correct
 from conadv_repro.engine.progress import ProgressPrinter
+from conadv_repro.engine.rng import capture_rng, restore_rng
 from conadv_repro.errors import UserError
 from conadv_repro.methods import MethodContext, build_method
 from conadv_repro.model.registry import build_model
@@ -160,13 +161,19 @@ class Trainer:
         self.dist = dist
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
+        if cfg.runtime.deterministic:  # before the first cuBLAS call (see engine/determinism.py)
+            enable_deterministic()
         self.device = resolve_device(cfg.runtime.device, dist.local_rank)
         self.bundle = bundle or build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
-                                           autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way)
+                                           autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way,
+                                           decoder=cfg.data_decoder)
         self.derived = derive(cfg, self.bundle.num_train, dist.trainers, dist.attack_workers)
         self.local_batch = cfg.batch_size // dist.trainers
         self.plan = BatchPlan(self.bundle.num_train, cfg.batch_size, cfg.seed, dataset=self.bundle.name)
         self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
+        # uint8 to the device, normalised there: a quarter of the bytes to copy, the same numbers.
+        self.normalise_on_device = cfg.runtime.normalise == "device" or (
+            cfg.runtime.normalise == "auto" and self.device.type == "cuda")
         self.model = self.new_network()
         self.model.train()
         self.optimizer = build_optimizer(cfg, self.model, self.derived.peak_lr)
@@ -201,7 +208,8 @@ class Trainer:
         self.batches = train_micro_batches(
             self.bundle, self.plan, start_step=start_step, end_step=self.derived.total_steps,
             micro_size=self.derived.micro_batch, rank=self.dist.trainer_rank, world_size=self.dist.trainers,
-            workers=self.cfg.runtime.workers, pin_memory=self.device.type == "cuda")
+            workers=self.cfg.runtime.workers, pin_memory=self.device.type == "cuda",
+            normalise_on_device=self.normalise_on_device)
         self.method.begin(start_step, self.derived.total_steps)
 
     def lr(self, step: int) -> float:
@@ -226,7 +234,7 @@ class Trainer:
         branch_losses: dict[str, torch.Tensor] = {}
         examples = 0
         for index, micro in enumerate(micro_batches):
-            micro = self.to_device(micro)
+            micro = self.method.to_device(micro)  # once per micro-batch: the method may have moved it already
             share = micro.targets.shape[0] / batch
             total = torch.zeros((), device=self.device)
             for branch in self.method.branches(micro):
@@ -284,8 +292,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
             "epoch_window": self.epoch_window.__dict__.copy(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": capture_rng(),  # plain data, so the checkpoint loads with weights_only=True
             "run_id": self.cfg.run_id(),
             "micro_batch": self.derived.micro_batch,
         }
@@ -299,12 +306,7 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.epoch_window = Window(**state["epoch_window"])
         self.step = int(state["step"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng(state["rng"])
 
     def close(self) -> None:
         self.method.close()

@@ -6,7 +6,9 @@ model's projected wall time and GPU-hours (analysis/throughput_model.py), from m
 newest calibration in benchmarks/calibrations/ of the profile's hardware (its `constraint`, e.g. a100,
 for a GPU profile; a CPU one for a profile without GPUs), or `--calibration PATH`, or `--calibration
 published` for NVIDIA's published A100 figure (labelled "published, not measured here"). Then the grid's
-total. Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
+total. With a GPU profile and ImageNet runs, a line says whether the profile's CPUs per task can feed a
+GPU at the projected rate, from the newest loader calibration (benchmarks/calibrations/loader/, see
+launch/loader_check.py). Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
+from conadv_repro.launch.loader_check import feed_line, find_loader_calibration
 from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.launch.profiles import Profile, load_profile
 from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
@@ -116,6 +119,8 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
               f"{'step (s)':>9s} {'wall time':>11s} {unit:>12s}  run id")
     print(header)
     total_hours, total_wall, longest = 0.0, 0.0, 0.0
+    feeds: list[tuple[float, float, bool, str]] = []  # (loader need, images/s per GPU, AA, what) of ImageNet runs
+    loader = find_loader_calibration() if profile.gpus_per_node > 0 and calibration.device == "cuda" else None
     for run in runs:
         cfg = run.config
         network = model.network_of_config(cfg.flat())
@@ -126,6 +131,12 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
         total_hours += projection.device_hours
         total_wall += projection.wall_s
         longest = max(longest, projection.wall_s)
+        if loader is not None and cfg.data == "imagenet":
+            # A task per GPU, each loading its share: the trainers' of the batch, or an attack worker's.
+            per_gpu = max(cfg.batch_size / trainers, cfg.batch_size / workers if workers else 0.0) / \
+                projection.step.seconds
+            what = f"{cfg.method}{' AA' if cfg.autoaugment else ''} at batch {format_batch(cfg.batch_size)}"
+            feeds.append((loader.cores_per_gpu(per_gpu, cfg.autoaugment), per_gpu, cfg.autoaugment, what))
         devices = f"{trainers} + {workers}"
         print(f"{cfg.method:8s} {'AA' if cfg.autoaugment else '--':2s} {cfg.paper_batch:>5s} "
               f"{format_batch(cfg.batch_size):>6s} {devices:>11s} {projection.steps:>9,d} "
@@ -138,6 +149,14 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
           "devices: trainers + attack workers, each one machine like the calibration's")
     print("assumptions: " + "; ".join(model.assumptions_text(next(iter(costs_of.values())), calibration)[1:])
           if costs_of else "assumptions: none (no run)")
+    imagenet_on_gpus = profile.gpus_per_node > 0 and calibration.device == "cuda" and \
+        any(run.config.data == "imagenet" for run in runs)
+    if imagenet_on_gpus:
+        if feeds:
+            _, rate, autoaugment, what = max(feeds)
+            print(feed_line(profile.name, profile.cpus_per_task, rate, autoaugment, what, loader))
+        else:
+            print(feed_line(profile.name, profile.cpus_per_task, 0.0, False, "", None))
     print(f"grid: {len(runs)} run{'s' if len(runs) != 1 else ''}, {total_hours:,.1f} {unit}, "
           f"{duration(total_wall)} of run time in all (the longest run {duration(longest)}; runs in parallel "
           "finish sooner)")

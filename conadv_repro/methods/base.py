@@ -57,7 +57,13 @@ class Method:
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
 
+    def to_device(self, micro: MicroBatch) -> MicroBatch:
+        """`micro` on the device, for `branches`: the loop's one copy of it (a method whose side work
+        already copied it, as ConAdv's attack does, hands over that copy)."""
+        return self.ctx.to_device(micro)
+
     def branches(self, micro: MicroBatch) -> list[Branch]:
+        """The branches of `micro`, which `to_device` has moved to the device."""
         raise NotImplementedError
 
     def trained_bn_branches(self) -> tuple[str, ...]:

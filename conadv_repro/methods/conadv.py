@@ -15,7 +15,8 @@ resumed run recomputes exactly the same examples (the attack's noise is keyed pe
 
 While micro-batch j trains, the executor attacks the micro-batch after it (j + 1, or micro-batch 0 of
 the next step) when its snapshot exists: always for tau >= 1; within a step for tau = 0, which makes
-ConAdv(tau=0) DisAdv on a copy of the weights.
+ConAdv(tau=0) DisAdv on a copy of the weights. That attack copies the micro-batch to the device (on the
+executor's stream), and the update trains on the same copy (`to_device`): one copy per micro-batch.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class ConAdv(AdversarialMethod):
         self.snapshots: dict[int, nn.Module] = {}
         self._spares: list[nn.Module] = []
         self.pending: dict[MicroBatchKey, Future[Any]] = {}
+        # Adversarial micro-batches whose attack has been waited for by `to_device`, for `branches`.
+        self._ready: dict[MicroBatchKey, Tensor] = {}
         # (step, micro, the step of the weights the attack used): evidence of staleness, for tests and logs.
         self.trace: deque[tuple[int, int, int]] = deque(maxlen=4096)
         self._take_snapshot(0)
@@ -90,11 +93,10 @@ class ConAdv(AdversarialMethod):
 
     # ----------------------------------------------------------------- attacks
     def _attack(self, micro: MicroBatch) -> Tensor:
-        """Attack `micro` with the weights of its source step (runs on the executor's thread/stream)."""
+        """Attack `micro` (on the device) with the weights of its source step (on the executor's thread/stream)."""
         key = micro.key
         source = self.source_step(key.step)
         snapshot = self.snapshots[source]
-        micro = self.ctx.to_device(micro)
         adv = self.adversarial(snapshot, micro)
         if self.moves_running_stats:  # sequential executor only: the live network's statistics move
             move_pending_statistics(snapshot, self.ctx.model)
@@ -109,11 +111,26 @@ class ConAdv(AdversarialMethod):
             return
         if self.source_step(upcoming.key.step) not in self.snapshots:
             return  # tau = 0 across a step boundary: its weights do not exist yet
-        self.pending[upcoming.key] = self.executor.submit(lambda: self._attack(upcoming))
+        self.pending[upcoming.key] = self.executor.submit(lambda: self._move_and_attack(upcoming))
+
+    def _move_and_attack(self, micro: MicroBatch) -> tuple[Tensor, MicroBatch]:
+        moved = self.ctx.to_device(micro)
+        return self._attack(moved), moved
+
+    def to_device(self, micro: MicroBatch) -> MicroBatch:
+        """The copy the attack made when it ran ahead (waiting for it), else a new one."""
+        future = self.pending.pop(micro.key, None)
+        if future is None:
+            return self.ctx.to_device(micro)
+        adv, moved = self.executor.wait(future)
+        self._ready[micro.key] = adv
+        return moved
 
     def branches(self, micro: MicroBatch) -> list[Branch]:
-        future = self.pending.pop(micro.key, None)
-        adv = self.executor.wait(future) if future is not None else self._attack(micro)
+        adv = self._ready.pop(micro.key, None)
+        if adv is None:
+            future = self.pending.pop(micro.key, None)
+            adv = self.executor.wait(future)[0] if future is not None else self._attack(micro)
         self._prefetch_next()
         return self.make_branches(micro, adv)
 
@@ -139,6 +156,7 @@ class ConAdv(AdversarialMethod):
         for future in self.pending.values():
             future.result()
         self.pending.clear()
+        self._ready.clear()
 
     def close(self) -> None:
         try:
