@@ -35,6 +35,14 @@ bench: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
+# Every GPU path (side stream, bf16, channels_last, compile, pinned loaders, NCCL) on this machine's GPU in
+# about 5 minutes, with whatever Python has torch (no venv, no network, no submitit or wandb needed):
+# `make gpu-check PYTHON=python3 GPU_CHECK_ARGS="--only speed"`. docs/gpu-check.md.
+.PHONY: gpu-check
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) -m conadv_repro.gpu_check $(GPU_CHECK_ARGS)
+
 # The local single-node Slurm cluster for the Slurm tests (root, Debian only): slurm/local/README.md.
 .PHONY: slurm-up slurm-down
 slurm-up:

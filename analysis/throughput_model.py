@@ -32,7 +32,11 @@ imagenet; default as the config's `model.stem=auto`). Other keys are kept as fre
 
 Communication: `broadcast_s` is one broadcast of `weights_bytes` (theta to the attack workers),
 `transfer_s_per_example` sends one adversarial example from an attack worker to a trainer, and
-`allreduce_bytes_per_s` is the gradient all-reduce bandwidth (null when not measured, e.g. on one machine).
+`allreduce_bytes_per_s` is the gradient all-reduce bandwidth. Each may be null: not measured (one device
+cannot measure them; `python -m conadv_repro.gpu_check` writes such a calibration, with the reasons under
+an optional `not_measured` object). A missing all-reduce bandwidth is taken from the broadcast when that was
+measured; whatever is left is assumed from one 200 Gb/s link per GPU (`PUBLISHED_LINK_BYTES_PER_S`), and
+every estimate and figure that uses the model says "not measured" beside it.
 
 The model
 ---------
@@ -60,7 +64,8 @@ Assumptions (written on every figure and estimate that uses the model)
    the CIFAR-style ResNets' are counted from their layer shapes), gradient and weight bytes with the
    parameter count, transfer time with the pixels per example (C x H x W).
 3. The gradient all-reduce is not overlapped with the backward pass (an upper bound on its cost). When the
-   calibration has no all-reduce bandwidth, the broadcast's (weights_bytes / broadcast_s) is used.
+   calibration has no all-reduce bandwidth, the broadcast's (weights_bytes / broadcast_s) is used; when it
+   has neither (or no transfer time), one 200 Gb/s link per GPU is assumed.
 4. The broadcast of theta is bandwidth-bound and pipelined: its time does not grow with the number of attack
    workers. Attack workers need theta_t only once per step; with tau = 1 their work for step t+1 overlaps
    the trainers' step t (steady state: the step time is the slower of the two sides).
@@ -218,8 +223,8 @@ class Calibration:
     command: str
     date: str
     per_example_s: Mapping[str, float]
-    broadcast_s: float
-    transfer_s_per_example: float
+    broadcast_s: float | None  # None: not measured (one device)
+    transfer_s_per_example: float | None
     allreduce_bytes_per_s: float | None
     source: str = "measured"  # or "published"
     path: str = ""
@@ -293,8 +298,8 @@ def parse_calibration(data: Any, where: str = "calibration") -> Calibration:
         raise UserError(f"{where}: per_example_s is missing or not an object with {', '.join(PER_EXAMPLE_KEYS)}")
     per_example = {key: float(_number(per, key, f"{where}: per_example_s", strict=True))
                    for key in PER_EXAMPLE_KEYS}
-    broadcast = float(_number(data, "broadcast_s", where, strict=True))
-    transfer = float(_number(data, "transfer_s_per_example", where))
+    broadcast = _number(data, "broadcast_s", where, strict=True, optional=True)
+    transfer = _number(data, "transfer_s_per_example", where, optional=True)
     allreduce = _number(data, "allreduce_bytes_per_s", where, strict=True, optional=True)
     in_channels = _number(data, "in_channels", where, integer=True, minimum=1) if "in_channels" in data else 3
     default_classes = 1000 if model in TORCHVISION_LAYERS and image_size >= 64 else 10
@@ -314,7 +319,8 @@ def parse_calibration(data: Any, where: str = "calibration") -> Calibration:
     network = Network(model, image_size, width, in_channels, num_classes, stem)
     return Calibration(machine=machine, device=device, device_name=device_name, network=network, params=params,
                        weights_bytes=weights_bytes, batch=batch, command=command, date=date,
-                       per_example_s=per_example, broadcast_s=broadcast, transfer_s_per_example=transfer,
+                       per_example_s=per_example, broadcast_s=None if broadcast is None else float(broadcast),
+                       transfer_s_per_example=None if transfer is None else float(transfer),
                        allreduce_bytes_per_s=None if allreduce is None else float(allreduce), path=where)
 
 
@@ -388,6 +394,8 @@ class Costs:
     hop_latency_s: float = DEFAULT_HOP_LATENCY_S
     compute_scale: float = 1.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Of "broadcast", "transfer", "allreduce": costs the calibration did not measure (assumed, see costs_for).
+    not_measured: tuple[str, ...] = ()
 
 
 def costs_for(calibration: Calibration, network: Network | None = None, *,
@@ -401,10 +409,27 @@ def costs_for(calibration: Calibration, network: Network | None = None, *,
     pixels = (target.in_channels * target.image_size ** 2) / (base.in_channels * base.image_size ** 2)
     weights = calibration.weights_bytes * bytes_ratio
     bandwidth = calibration.allreduce_bytes_per_s
-    notes = []
+    notes, not_measured = [], []
+    link = f"one {PUBLISHED_LINK_BYTES_PER_S * 8 / 1e9:g} Gb/s link per GPU assumed"
+    broadcast = calibration.broadcast_s
+    if broadcast is None:
+        broadcast = calibration.weights_bytes / PUBLISHED_LINK_BYTES_PER_S
+        not_measured.append("broadcast")
+        notes.append(f"theta broadcast not measured (the calibration has one device): {link}")
+    transfer = calibration.transfer_s_per_example
+    if transfer is None:
+        base_example = base.in_channels * base.image_size ** 2 * BYTES_PER_INPUT_VALUE
+        transfer = base_example / PUBLISHED_LINK_BYTES_PER_S
+        not_measured.append("transfer")
+        notes.append(f"adversarial example transfer not measured (the calibration has one device): {link}")
     if bandwidth is None:
-        bandwidth = calibration.weights_bytes / calibration.broadcast_s
-        notes.append("all-reduce bandwidth not measured: the broadcast's (weights_bytes / broadcast_s) is used")
+        not_measured.append("allreduce")
+        if calibration.broadcast_s is not None:
+            bandwidth = calibration.weights_bytes / calibration.broadcast_s
+            notes.append("all-reduce bandwidth not measured: the broadcast's (weights_bytes / broadcast_s) is used")
+        else:
+            bandwidth = PUBLISHED_LINK_BYTES_PER_S
+            notes.append(f"all-reduce bandwidth not measured (the calibration has one device): {link}")
     if target != base:
         notes.append(f"compute scaled from {base.describe()} ({forward_macs(base) / 1e6:,.1f} M MACs per image) "
                      f"to {target.describe()} ({forward_macs(target) / 1e6:,.1f} M): x{compute:.4g}")
@@ -412,10 +437,10 @@ def costs_for(calibration: Calibration, network: Network | None = None, *,
     return Costs(network=target,
                  per_example_s={k: v * compute for k, v in calibration.per_example_s.items()},
                  gradient_bytes=param_count(target) * bytes_per_param,
-                 weights_bytes=weights, broadcast_s=calibration.broadcast_s * bytes_ratio,
-                 transfer_s_per_example=calibration.transfer_s_per_example * pixels,
+                 weights_bytes=weights, broadcast_s=broadcast * bytes_ratio,
+                 transfer_s_per_example=transfer * pixels,
                  allreduce_bytes_per_s=bandwidth, hop_latency_s=hop_latency_s, compute_scale=compute,
-                 notes=tuple(notes))
+                 notes=tuple(notes), not_measured=tuple(not_measured))
 
 
 def allreduce_s(nbytes: float, devices: int, bytes_per_s: float, hop_latency_s: float = 0.0) -> float:
@@ -505,12 +530,17 @@ def assumptions_text(costs: Costs, calibration: Calibration) -> list[str]:
     """The assumptions behind a projection, as short lines for a figure or a terminal."""
     lines = [f"calibration: {calibration.describe()}"]
     lines += list(costs.notes)
+
+    def measured(cost: str) -> str:
+        return " (not measured)" if cost in costs.not_measured else ""
+
     lines += [
         "compute per example independent of the per-device batch (perfect data-parallel scaling)",
-        f"ring all-reduce of {costs.gradient_bytes / 1e6:,.1f} MB at {costs.allreduce_bytes_per_s / 1e9:.3g} GB/s, "
-        f"{costs.hop_latency_s * 1e6:g} us per hop, not overlapped with the backward pass",
-        f"theta broadcast {_time(costs.broadcast_s)}, adversarial example transfer "
-        f"{_time(costs.transfer_s_per_example)} each; attack workers overlap the trainers' step (tau=1)",
+        f"ring all-reduce of {costs.gradient_bytes / 1e6:,.1f} MB at {costs.allreduce_bytes_per_s / 1e9:.3g} GB/s"
+        f"{measured('allreduce')}, {costs.hop_latency_s * 1e6:g} us per hop, not overlapped with the backward pass",
+        f"theta broadcast {_time(costs.broadcast_s)}{measured('broadcast')}, adversarial example transfer "
+        f"{_time(costs.transfer_s_per_example)} each{measured('transfer')}; attack workers overlap the trainers' "
+        "step (tau=1)",
         "evaluation, data loading, checkpoints and start-up not counted",
     ]
     return lines

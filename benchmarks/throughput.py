@@ -40,13 +40,11 @@ import torch.distributed as dist
 
 from conadv_repro.atomic import atomic_write_json
 from conadv_repro.config import Config, config_from_overrides
-from conadv_repro.data.loader import MicroBatch
 from conadv_repro.distributed.context import SINGLE, init_distributed
 from conadv_repro.engine.trainer import Trainer
 from conadv_repro.errors import OneLineParser, UserError, cli_entry
 from conadv_repro.machine import cpu_name
-from conadv_repro.methods.adversarial import AdversarialMethod
-from conadv_repro.methods.base import Branch
+from conadv_repro.methods.train_only import TrainOnly
 
 # A model and batch whose train-only step takes a few hundred ms on one CPU core (at least 200 ms is
 # required), the step on which the performance goals are measured: ConAdv with an attack worker at most
@@ -55,16 +53,6 @@ DEFAULTS = ["model.name=resnet20", "model.width=16", "model.input_size=32", "bat
             "bn.group_size=16", "optim.lr=0.1", "runtime.device=cpu", "runtime.threads=1",
             "runtime.wandb=disabled", "steps=1000000"]
 HERE = Path(__file__).resolve()
-
-
-class TrainOnly(AdversarialMethod):
-    """DisAdv's two branches with no attack: the adversarial input is the clean one plus fixed noise."""
-
-    name = "train_only"
-
-    def branches(self, micro: MicroBatch) -> list[Branch]:
-        noise = torch.full_like(micro.inputs, 0.01)
-        return self.make_branches(micro, micro.inputs + noise)
 
 
 def sync(device: torch.device) -> None:
