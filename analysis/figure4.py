@@ -31,7 +31,12 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.figures import runs_by_use, scale_note  # noqa: E402
-from analysis.throughput_model import (  # noqa: E402
+from conadv_repro.atomic import read_json_dict, read_jsonl  # noqa: E402
+from conadv_repro.batch_sizes import parse_batch  # noqa: E402
+from conadv_repro.launch.plan import PlannedRun  # noqa: E402
+from conadv_repro.registry import Experiment  # noqa: E402
+from conadv_repro.runfiles import METRICS_FILE, RECORD_FILE  # noqa: E402
+from conadv_repro.throughput_model import (  # noqa: E402
     PAPER_NETWORK,
     Calibration,
     assumptions_text,
@@ -41,11 +46,6 @@ from analysis.throughput_model import (  # noqa: E402
     published_anchor,
     step_time,
 )
-from conadv_repro.atomic import read_json_dict, read_jsonl  # noqa: E402
-from conadv_repro.batch_sizes import parse_batch  # noqa: E402
-from conadv_repro.launch.plan import PlannedRun  # noqa: E402
-from conadv_repro.registry import Experiment  # noqa: E402
-from conadv_repro.runfiles import METRICS_FILE, RECORD_FILE  # noqa: E402
 
 NAME = "figure4"
 METHOD_STYLE = {"vanilla": (0, "o"), "disadv": (1, "s"), "conadv": (2, "^")}
@@ -239,7 +239,7 @@ def figure4(experiment: Experiment, points: list[Point], scale: str, calibration
              + f"\n{scale_note(scale)}")
     fig.suptitle(title, fontsize=10)
     if calibration is not None:
-        lines = ["Model (analysis/throughput_model.py), ResNet-50 at 224 px, the panel's trainers per batch, "
+        lines = ["Model (conadv_repro/throughput_model.py), ResNet-50 at 224 px, the panel's trainers per batch, "
                  "ConAdv with one attack worker per trainer:"]
         lines += [f"- {line}" for line in assumptions_text(costs_for(calibration, PAPER_NETWORK), calibration)]
         wrapped = "\n".join(textwrap.fill(line, 200, subsequent_indent="  ") for line in lines)

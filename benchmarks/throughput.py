@@ -14,7 +14,7 @@ devices):
 
 Printed: step times and images/s, DisAdv/ConAdv against the ideal (attack + train-only)/train-only,
 ConAdv/train-only, and the communication measured separately (weight broadcast, example transfer,
-all-reduce bandwidth). `--save PATH` writes them as a calibration for analysis/throughput_model.py.
+all-reduce bandwidth). `--save PATH` writes them as a calibration for conadv_repro/throughput_model.py.
 
     python benchmarks/throughput.py                                   # the default model, this machine
     python benchmarks/throughput.py --save benchmarks/calibrations/mymachine.json

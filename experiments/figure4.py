@@ -15,7 +15,7 @@ B / 4 in (b) (with BN groups of 4 there, the only way to put 4 examples on a dev
 not accuracy). ConAdv adds as many attack workers as trainers, one per trainer's examples: the extra
 processors ConAdv is designed to use (section 3). At the smaller scales, on one machine, every cell has
 one trainer and ConAdv one attack worker (two processes): they show the mechanism, not the paper's scale,
-which the performance model (analysis/throughput_model.py) projects from measured step times.
+which the performance model (conadv_repro/throughput_model.py) projects from measured step times.
 
     python -m conadv_repro.launch figure4 [--scale paper --data-root /data/imagenet --profile NAME]
     python analysis/make_figures.py --experiments figure4 [--scale paper]

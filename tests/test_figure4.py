@@ -11,8 +11,8 @@ import pytest
 from analysis import make_figures
 from analysis.figure4 import choose_calibration, figure4, figure4_points, run_images_per_s
 from analysis.records import load_runs
-from analysis.throughput_model import CALIBRATIONS_ENV, load_calibration
 from conadv_repro.registry import load_experiment
+from conadv_repro.throughput_model import CALIBRATIONS_ENV, load_calibration
 from tests.synthetic_runs import CPU, planned, write_calibration, write_run
 from tests.test_figures import assert_pdf, assert_png_not_blank
 

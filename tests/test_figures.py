@@ -123,6 +123,8 @@ def test_analysis_imports_no_torch(smoke_runs: Path, tmp_path: Path, cli_env: di
     """Importing the figure code and drawing every figure never loads the training code."""
     code = (
         "import sys\n"
+        "from conadv_repro.folders import clone_package\n"
+        "clone_package('analysis')\n"
         "import analysis.figures\n"
         "import analysis.make_figures as m\n"
         "assert 'torch' not in sys.modules, 'import'\n"
@@ -131,7 +133,7 @@ def test_analysis_imports_no_torch(smoke_runs: Path, tmp_path: Path, cli_env: di
         "assert 'torch' not in sys.modules, 'drawing'\n"
         "print('no torch')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "no torch" in result.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis import throughput_model as tm
+from conadv_repro import throughput_model as tm
 from conadv_repro.config import config_from_overrides
 from conadv_repro.gpu_check.calibration import calibration_data
 from conadv_repro.gpu_check.cli import main

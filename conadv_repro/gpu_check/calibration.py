@@ -1,6 +1,6 @@
 """Section 3: the calibration file that `python -m conadv_repro.launch ... --estimate` reads.
 
-The format is analysis/throughput_model.py's (its docstring); it is written here as plain JSON because the
+The format is conadv_repro/throughput_model.py's (its docstring); it is written here as plain JSON because the
 package never imports analysis/ (a test loads the file through the model's loader). One GPU measures the
 per-example compute of every method at one micro-batch; the costs that need several ranks (the weight
 broadcast to attack workers, the adversarial examples' transfer, the gradient all-reduce) are written as

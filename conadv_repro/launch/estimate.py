@@ -2,7 +2,7 @@
 
 For every planned run: its method, batch, devices (trainers + attack workers, one GPU each), steps (the
 config's `steps`, else epochs x floor(N / B) with N the scale's training set), and the performance
-model's projected wall time and GPU-hours (analysis/throughput_model.py), from measured step times: the
+model's projected wall time and GPU-hours (conadv_repro/throughput_model.py), from measured step times: the
 newest calibration in benchmarks/calibrations/ of the profile's hardware (its `constraint`, e.g. a100,
 for a GPU profile; a CPU one for a profile without GPUs), or `--calibration PATH`, or `--calibration
 published` for NVIDIA's published A100 figure (labelled "published, not measured here"). Then the grid's
@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from conadv_repro import throughput_model
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
@@ -33,17 +32,6 @@ from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
 # classes out for validation: the paper scale trains on the rest.
 IMAGENET_HELD_OUT = 3 * 1000
 TRAIN_EXAMPLES = {**SCALE_TRAIN_SIZE, "paper": IMAGENET_TRAIN - IMAGENET_HELD_OUT}
-
-
-def throughput_model() -> ModuleType:
-    """analysis/throughput_model.py, from the root of the clone (the suite runs from a clone, as the
-    experiments/ folder does)."""
-    root = str(Path(__file__).resolve().parents[2])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import analysis.throughput_model as model
-
-    return model
 
 
 def train_examples(cfg: Config) -> int:
@@ -104,7 +92,7 @@ def duration(seconds: float) -> str:
 
 
 def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
-    model = throughput_model()
+    model = throughput_model
     profile = load_profile(args.profile)
     calibration = choose(args, profile, model)
     unit = "GPU-hours" if calibration.device == "cuda" else "device-hours"

@@ -22,7 +22,7 @@ from conadv_repro.errors import UserError
 
 LOADER_SCHEMA = 1
 LOADER_FOLDER = "loader"
-CALIBRATIONS_ENV = "CONADV_CALIBRATIONS"  # the folder of the GPU calibrations (analysis/throughput_model.py)
+CALIBRATIONS_ENV = "CONADV_CALIBRATIONS"  # the folder of the GPU calibrations (conadv_repro/throughput_model.py)
 
 
 def loader_calibrations_dir() -> Path:

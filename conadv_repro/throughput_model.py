@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from conadv_repro.errors import UserError
+from conadv_repro.folders import CLONE
 
 SCHEMA = 1
 PER_EXAMPLE_KEYS = ("vanilla", "train_only", "attack", "disadv", "conadv_concurrent")
@@ -555,7 +556,7 @@ PUBLISHED = "published"
 def calibrations_dir() -> Path:
     """`benchmarks/calibrations/` at the root of the clone; CONADV_CALIBRATIONS overrides it."""
     override = os.environ.get(CALIBRATIONS_ENV)
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "benchmarks" / "calibrations"
+    return Path(override) if override else CLONE / "benchmarks" / "calibrations"
 
 
 def available_calibrations(folder: Path | None = None) -> list[Calibration]:
