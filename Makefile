@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: quickstart test lint bench venv clean-venv
+.PHONY: quickstart test test-quick lint bench venv clean-venv
+# Test processes: most tests use one torch thread, so one per core.
+TEST_WORKERS ?= 2
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +23,13 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) -m conadv_repro.launch table1 --scale smoke --cluster local
 
+# Everything, as CI runs it; test-quick runs the unit tests (no real runs, no processes) before a commit.
+# Times on 2 cores: README.md, "Tests".
 test: $(STAMP)
-	WANDB_MODE=disabled $(PY) -m pytest -q
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+test-quick: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -38,3 +38,18 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def slurm_partition() -> str:
     """The local Slurm cluster's partition (`make slurm-up`); skips without one (fails in CI)."""
     return require_slurm_partition()
+
+
+# Modules whose tests train real runs or start processes (seconds to minutes each): `make test` runs them,
+# `make test-quick` (the unit tests, for before each commit) leaves them out.
+SLOW_MODULES = {
+    "test_cli", "test_distributed", "test_export", "test_figure4", "test_figures", "test_gpu_check",
+    "test_grids_smoke", "test_launch", "test_launch_slurm", "test_proxy_ci", "test_proxy_scale", "test_resume",
+    "test_slurm_cluster", "test_tables", "test_timing_launch", "test_layers",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -12,6 +12,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import analysis.make_figures
+from tests.helpers import call_main
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "analysis" / "make_figures.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -96,7 +99,7 @@ def test_figures_of_real_runs(smoke_runs: Path, results: Path, cli_env: dict[str
     assert sorted(p.name for p in (results / "paper" / "figures").iterdir()) == ["keep.png"]
 
 
-def test_bad_input_is_one_line_and_status_2(smoke_runs: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_bad_input_is_one_line_and_status_2(smoke_runs: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     empty = tmp_path / "empty_runs"
@@ -111,11 +114,12 @@ def test_bad_input_is_one_line_and_status_2(smoke_runs: Path, tmp_path: Path, cl
         "out not writable": (["--runs-dir", str(smoke_runs), "--experiments", "table1",
                               "--out", str(a_file / "results")], "--out"),
     }
+    monkeypatch.chdir(tmp_path)
     for name, (args, needle) in cases.items():
-        result = make_figures(cli_env, *args)
-        assert result.returncode == 2, (name, result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (name, result.stderr)
+        status, out_text, err = call_main(analysis.make_figures.main, args, capsys)
+        assert status == 2, (name, out_text, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (name, err)
     assert not (tmp_path / "results").exists(), "bad input wrote results"
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import run_cli
+from conadv_repro.launch import cli
+from tests.helpers import call_main, run_cli
 
 LAUNCH = ["-m", "conadv_repro.launch"]
+# The runs of one folder, trained in order (Table 3's cell is Table 1's run): one xdist worker for them all.
+pytestmark = pytest.mark.xdist_group("grids_smoke")
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +32,30 @@ def test_table1_whole_at_smoke_scale(runs_dir, cli_env, tmp_path):
     ("table5", ["row=ResNet-50 + ConAdv + AA 64k", "column=p=0"]),
     ("figure2", ["row=ResNet-50+AA", "column=256k"]),
     ("table3", ["row=ConAdv", "column=32k"]),  # Table 1's run: finished above, nothing to train
-    ("figure4", ["row=(b) ConAdv", "column=512"]),  # a trainer and an attack worker: a two-process job
     ("staleness", ["row=ConAdv tau=2", "column=96k"]),
 ])
-def test_one_run_of_each_other_grid(runs_dir, cli_env, tmp_path, experiment, only):
+def test_one_run_of_each_other_grid(runs_dir, capsys, monkeypatch, experiment, only):
+    # In-process (the debug executor): the local executor's jobs are Table 1's above and Figure 4's below.
+    monkeypatch.setattr("pdb.post_mortem", lambda *a, **k: None)
     filters = [arg for item in only for arg in ("--only", item)]
-    out = run_cli([*LAUNCH, experiment, *filters, "--runs-dir", str(runs_dir), "--cluster", "local"], cli_env,
+    status, out, err = call_main(cli.main, [experiment, *filters, "--runs-dir", str(runs_dir), "--cluster", "debug"],
+                                 capsys)
+    assert status == 0, out[-2000:] + err[-2000:]
+    assert out.strip().splitlines()[-1] == "1 run: 1 finished"
+    status, out, _ = call_main(cli.main, [experiment, "--dry-run", "--runs-dir", str(runs_dir), "--cluster", "local"],
+                               capsys)
+    assert status == 0 and "finished" in out.strip().splitlines()[-1]
+
+
+def test_one_run_of_figure4_as_a_two_process_local_job(runs_dir, cli_env, tmp_path):
+    # A trainer and an attack worker: timed, on two processes, trained alone, its ranks met after their imports.
+    filters = ["--only", "row=(b) ConAdv", "--only", "column=512"]
+    out = run_cli([*LAUNCH, "figure4", *filters, "--runs-dir", str(runs_dir), "--cluster", "local"], cli_env,
                   tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1 run: 1 finished"
-    if experiment == "figure4":  # timed, on two processes: trained alone, its ranks met after their imports
-        assert "measure time: on this machine each trains alone" in out.stdout
-        assert not list(runs_dir.glob("smoke/_jobs/*.imported"))
-    whole = run_cli([*LAUNCH, experiment, "--dry-run", "--runs-dir", str(runs_dir), "--cluster", "local"], cli_env,
+    assert "measure time: on this machine each trains alone" in out.stdout
+    assert not list(runs_dir.glob("smoke/_jobs/*.imported"))
+    whole = run_cli([*LAUNCH, "figure4", "--dry-run", "--runs-dir", str(runs_dir), "--cluster", "local"], cli_env,
                     tmp_path)
     assert whole.returncode == 0 and "finished" in whole.stdout.strip().splitlines()[-1]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+import analysis.make_tables
 from conadv_repro.registry import load_experiment
 from tests.conftest import REPO
+from tests.helpers import call_main
 
 SCRIPT = str(REPO / "analysis" / "make_tables.py")
 
@@ -78,9 +80,12 @@ def test_table4_gap_table6_and_only_own_files_rewritten(smoke_runs, tmp_path, cl
     assert not list((results / "smoke").glob(".*.tmp"))
 
 
-def test_bad_input_is_one_line(smoke_runs, tmp_path, cli_env):
+def test_bad_input_is_one_line(smoke_runs, tmp_path, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    env = {**cli_env, "HOME": str(tmp_path), "WANDB_API_KEY": ""}
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.chdir(tmp_path)
     cases = [
         (["--runs-dir", str(tmp_path / "empty")], "no runs in"),
         (["--runs-dir", str(smoke_runs), "--experiments", ""], "names nothing"),
@@ -91,6 +96,6 @@ def test_bad_input_is_one_line(smoke_runs, tmp_path, cli_env):
         (["--scale", "huge"], "--scale 'huge' is not allowed"),
     ]
     for args, fragment in cases:
-        out = make_tables(args, env, tmp_path)
-        lines = out.stderr.strip().splitlines()
-        assert out.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, out.stderr)
+        status, _, err = call_main(analysis.make_tables.main, args, capsys)
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and fragment in lines[0], (args, err)

@@ -4,6 +4,7 @@ them (benchmarks/throughput.py) rejects bad arguments in one line before it meas
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from conadv_repro import throughput_model as tm
 from conadv_repro.errors import UserError
 from tests.conftest import REPO
+from tests.helpers import call_main
 from tests.synthetic_runs import SYNTHETIC_CALIBRATION, write_calibration
 
 
@@ -151,19 +153,35 @@ def test_the_estimate_and_its_model_import_no_torch(tmp_path):
     assert out.stdout.strip() == "False", out.stderr
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_BENCHMARK_ARGS = [
     (["--rounds", "0"], "--rounds: 0 is not allowed"),
     (["--rounds", "-2"], "--rounds: -2 is not allowed"),
     (["--save", "{tmp}/missing/cal.json"], "does not exist"),
     (["--save", "{tmp}/a_file/cal.json"], "does not exist"),
     (["--save", "{tmp}"], "is a folder"),
-])
-def test_the_benchmark_rejects_bad_arguments_before_measuring(tmp_path, cli_env, args, message):
-    # The measurement takes minutes; these must fail in the time it takes to import torch.
+]
+
+
+def _benchmark_main():
+    spec = importlib.util.spec_from_file_location("throughput_benchmark", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("args, message", BAD_BENCHMARK_ARGS)
+def test_the_benchmark_rejects_bad_arguments_before_measuring(tmp_path, capsys, args, message):
+    # The measurement takes minutes; these must fail before it starts (in-process: no torch import to wait for).
     (tmp_path / "a_file").write_text("")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), *args], cwd=REPO,
-                         capture_output=True, text=True, env=cli_env, timeout=120)
+    status, out, err = call_main(_benchmark_main(), args, capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and message in lines[0], err
+    assert "machine:" not in out, "the measurement started"
+
+
+def test_the_benchmark_script_itself_rejects_bad_arguments(tmp_path, cli_env):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--rounds", "0"],
+                         cwd=tmp_path, capture_output=True, text=True, env=cli_env, timeout=120)
     lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
-    assert "machine:" not in out.stdout, "the measurement started"
+    assert out.returncode == 2 and len(lines) == 1 and "--rounds: 0 is not allowed" in lines[0], out.stderr
