@@ -5,6 +5,7 @@ and it needs neither submitit nor wandb."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,8 +161,10 @@ def test_the_multi_gpu_section_runs_its_exactness_runs_over_gloo_on_the_cpu(caps
 
 
 def test_make_gpu_check_runs_the_module_with_the_given_python():
-    dry = subprocess.run(["make", "-n", "gpu-check", "PYTHON=python9", "GPU_CHECK_ARGS=--only speed"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    # Under `make test` this make is a sub-make: without its parent's variables it prints only the command.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check", "PYTHON=python9",
+                          "GPU_CHECK_ARGS=--only speed"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().splitlines() == ["python9 -m conadv_repro.gpu_check --only speed"]
     assert Path(REPO, "docs", "gpu-check.md").is_file()
