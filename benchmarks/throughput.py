@@ -42,7 +42,7 @@ from conadv_repro.atomic import atomic_write_json
 from conadv_repro.config import Config, config_from_overrides
 from conadv_repro.distributed.context import SINGLE, init_distributed
 from conadv_repro.engine.trainer import Trainer
-from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, at_least_one, cli_entry
 from conadv_repro.machine import cpu_name
 from conadv_repro.methods.train_only import TrainOnly
 
@@ -274,16 +274,6 @@ def report(single: dict[str, list[float]], workers: dict[str, Any], cfg: Config)
               f"ms/step issuing broadcasts and {1000 * side['adversarial_wait_s'] / max(len(workers['conadv_workers']), 1):.2f} "
               "ms/step waiting for adversarial examples")
     return {"median_s": med, "ratios": ratios, "communication": comm}
-
-
-def at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
-    return value
 
 
 def check_save_path(path: Path) -> None:

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, at_least_one, cli_entry
 
 BUDGET_S = 300.0
 
@@ -32,16 +32,6 @@ def parse_sections(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"--only needs a section; allowed: {', '.join(SECTIONS)}")
     return names
-
-
-def at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
-    return value
 
 
 def build_parser() -> OneLineParser:
