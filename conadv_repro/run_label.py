@@ -20,7 +20,8 @@ SHORT_ID = 6
 
 
 def _uses(cfg: Config, key: str) -> bool:
-    return key.startswith(METHOD_KEYS.get(cfg.method, ())) if METHOD_KEYS.get(cfg.method) else False
+    keys = METHOD_KEYS.get(cfg.method, ())
+    return bool(keys) and key.startswith(keys)
 
 
 def _identity(cfg: Config) -> dict[str, object]:
@@ -43,12 +44,13 @@ def _value(value: object) -> str:
 
 def variations(cfg: Config) -> list[str]:
     """`key=value` for each hashed field that differs from the run's cell (its label's own fields)."""
+    identity = _identity(cfg)
     try:
-        cell = build_config(_identity(cfg)).flat()
+        cell = build_config(identity).flat()
     except UserError:  # a cell that cannot stand alone (should not happen): name no variation
         return []
     return [f"{key}={_value(value)}" for key, value in cfg.flat().items()
-            if FIELDS[key].metadata.get("hashed", True) and key not in _identity(cfg) and value != cell[key]]
+            if FIELDS[key].metadata.get("hashed", True) and key not in identity and value != cell[key]]
 
 
 def run_label(cfg: Config, run_id: str) -> str:

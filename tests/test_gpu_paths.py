@@ -15,6 +15,7 @@ from conadv_repro.config import config_from_overrides
 from conadv_repro.engine.determinism import CUBLAS_ENV, current_state, deterministic_mode, restore_state
 from conadv_repro.engine.trainer import Trainer
 from conadv_repro.errors import UserError
+from conadv_repro.gpu_check.correctness import train as train_steps
 from conadv_repro.gpu_check.synthetic import SyntheticTrainer
 
 BASE = ["data=digits", "model.name=resnet8", "model.width=4", "batch_size=32", "bn.group_size=8",
@@ -31,12 +32,7 @@ def trainer(*overrides: str, cls: type[Trainer] = Trainer) -> Trainer:
 
 
 def train(t: Trainer, steps: int = 2) -> list[float]:
-    t.open_batches(0)
-    losses = []
-    for step in range(steps):
-        losses.append(t.train_step(step, t.step_batches(step))["loss"])
-        t.step = step + 1
-    return losses
+    return train_steps(t, steps)
 
 
 def output_dtypes(t: Trainer) -> list[torch.dtype]:
