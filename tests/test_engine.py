@@ -156,15 +156,34 @@ def test_a_network_named_by_import_path_trains(tmp_path: Path):
         Trainer(config_from_overrides([*FAST, "model.name=nosuch_pkg:build"]), log=quiet)
 
 
-def test_images_per_second_counts_only_the_steps_of_its_window(tmp_path: Path):
-    # Checkpoints every 3 steps restart the timing window; the rate must count the steps since then.
-    cfg = config_from_overrides([*FAST, "steps=30", "runtime.log_every=10", "runtime.checkpoint_every=3"])
+def test_images_per_second_counts_only_the_steps_of_its_window(monkeypatch):
+    # A fake clock: the rate must cover the steps since the last restart, not the checkpoint time before it.
+    from types import SimpleNamespace
+
+    from conadv_repro.engine import progress as progress_module
+
+    clock = [0.0]
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    printer = progress_module.ProgressPrinter(name="r", total_steps=30, steps_per_epoch=30, batch_size=64,
+                                              start_step=0, log=quiet, start_time=0.0)
+    clock[0] = 10.0
+    assert printer.step_line(10, 1.0, 0.0, 0.1) == pytest.approx(64.0)
+    clock[0] = 50.0  # steps 11-12 took 2 s, then a checkpoint took 38 s
+    printer.restart_window(12)
+    clock[0] = 58.0
+    assert printer.step_line(20, 1.0, 0.0, 0.1) == pytest.approx(8 * 64 / 8.0)
+
+
+def test_the_loop_restarts_the_timing_window_after_each_checkpoint(tmp_path: Path, monkeypatch):
+    from conadv_repro.engine.progress import ProgressPrinter
+
+    restarts: list[int] = []
+    original = ProgressPrinter.restart_window
+    monkeypatch.setattr(ProgressPrinter, "restart_window",
+                        lambda self, steps_done: (restarts.append(steps_done), original(self, steps_done))[1])
+    cfg = config_from_overrides([*FAST, "steps=10", "runtime.log_every=5", "runtime.checkpoint_every=3"])
     run_training(cfg, tmp_path / "run", log=quiet)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["kind"] == "train"]
-    overall = 64 * 30 / train[-1]["elapsed_s"]
-    for row in train:
-        assert row["images_per_s"] < 5 * overall, (row["images_per_s"], overall)
+    assert {3, 6, 9} <= set(restarts), restarts
 
 
 def test_a_live_lock_is_refused_before_the_long_setup(tmp_path: Path, monkeypatch):
