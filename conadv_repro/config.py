@@ -12,6 +12,7 @@ paths, the device, worker counts, compile and logging never enter it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -279,7 +280,10 @@ def _field_meta(key: str) -> Mapping[str, Any]:
     return FIELDS[key].metadata
 
 
+@functools.cache
 def _field_type(key: str) -> Any:
+    # Cached: get_type_hints evaluates every annotation of the class (a few hundred microseconds), and a
+    # grid's expansion coerces tens of thousands of values.
     section, _, name = key.rpartition(".")
     cls = SECTIONS[section] if section else Config
     return typing.get_type_hints(cls)[name]

@@ -15,7 +15,7 @@ folder_package("tests", Path(__file__).resolve().parent)
 clone_package("analysis")
 clone_package("experiments")
 
-from tests.analysis_fixture import smoke_runs  # noqa: E402, F401 - a fixture for the analysis tests
+from tests.analysis_fixture import smoke_runs, table1_smoke  # noqa: E402, F401 - shared trained runs
 from tests.slurm_support import require_slurm_partition  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "disabled")

@@ -58,6 +58,36 @@ def test_digits_splits_are_fixed_and_disjoint() -> None:
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_digits_read_from_the_shipped_file_are_load_digits(monkeypatch) -> None:
+    from sklearn.datasets import load_digits
+
+    from conadv_repro.data import datasets
+
+    images, labels = datasets._digits_arrays()
+    raw = load_digits()
+    assert np.array_equal(images, raw.images) and np.array_equal(labels, raw.target)
+    # Without the file (another scikit-learn layout), load_digits itself.
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    images, labels = datasets._digits_arrays()
+    assert np.array_equal(images, raw.images) and np.array_equal(labels, raw.target)
+
+
+def test_a_digits_run_imports_neither_torchvision_nor_sklearn(tmp_path: Path) -> None:
+    # Each costs about 3 s of a fresh process (smoke jobs, ranks, attack workers); AutoAugment still loads it.
+    import subprocess
+
+    code = ("import sys\n"
+            "from conadv_repro.config import config_from_overrides\n"
+            "from conadv_repro.engine.run import run_training\n"
+            "cfg = config_from_overrides(['steps=2', 'model.width=4', 'runtime.device=cpu', 'method=conadv'])\n"
+            f"run_training(cfg, {str(tmp_path / 'run')!r}, log=lambda m: None)\n"
+            "print(sorted(m for m in ('torchvision', 'sklearn') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "WANDB_MODE": "disabled"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_digits_shapes_and_normalisation() -> None:
     bundle = build_data("digits")
     image, label, index = bundle.train[(7, 0, 0, 0)]

@@ -39,9 +39,13 @@ def torchrun(nproc: int, run_dir: Path, overrides: list[str], env: dict[str, str
         env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def single(run_dir: Path, overrides: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *overrides],
-                          env=env, capture_output=True, text=True, timeout=240)
+def single(run_dir: Path, overrides: list[str]) -> None:
+    """The one-process reference, trained in this process (a fresh one would only add its torch import)."""
+    from conadv_repro.config import config_from_overrides
+    from conadv_repro.engine.run import run_training
+
+    record = run_training(config_from_overrides(overrides), run_dir, log=lambda _message: None)
+    assert record["status"] == "finished", record
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -89,7 +93,7 @@ def test_conadv_with_attack_workers_matches_the_single_process_reference(tmp_pat
     # 2 trainers (DDP over gloo) + 1 attack worker against one process with the sequential executor,
     # same global batch, tau = 1: the same weights after several steps, up to summation order.
     common = [*SMALL, "method=conadv", "steps=4"]
-    ok(single(tmp_path / "ref", [*common, "conadv.executor=sequential"], cli_env))
+    single(tmp_path / "ref", [*common, "conadv.executor=sequential"])
     ok(torchrun(3, tmp_path / "workers", [*common, "conadv.attack_workers=1"], cli_env))
     assert_close(final_model(tmp_path / "ref"), final_model(tmp_path / "workers"))
     record = json.loads((tmp_path / "workers" / "record.json").read_text())
@@ -105,7 +109,7 @@ def test_data_parallel_disadv_with_accumulation_matches_one_process(tmp_path, cl
     # 2 trainers, each accumulating two micro-batches, against one process on the whole batch: the
     # gradient average, the ghost-BN groups per rank and the BN statistics' reduction.
     common = [*SMALL, "method=disadv", "steps=3"]
-    ok(single(tmp_path / "ref", common, cli_env))
+    single(tmp_path / "ref", common)
     batch = json.loads((tmp_path / "ref" / "record.json").read_text())["config"]["batch_size"]
     ok(torchrun(2, tmp_path / "ddp", [*common, f"runtime.micro_batch={batch // 4}"], cli_env))
     assert_close(final_model(tmp_path / "ref"), final_model(tmp_path / "ddp"))

@@ -1,37 +1,50 @@
 """Every grid is expanded and trained at the smoke scale: Table 1 whole, and at least one run of each
-other grid (their other runs are Table 1's or like them)."""
+other grid (their other runs are Table 1's or like them).
+
+Table 1 is the session's shared launch (`table1_smoke`, tests/analysis_fixture.py): the local executor
+trains its 28 runs once, and the analysis tests read the same runs."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 
 from conadv_repro.launch import cli
+from conadv_repro.launch.plan import apply_filters, expand
+from conadv_repro.registry import load_experiments
 from tests.helpers import call_main, run_cli
 
 LAUNCH = ["-m", "conadv_repro.launch"]
-# The runs of one folder, trained in order (Table 3's cell is Table 1's run): one xdist worker for them all.
-pytestmark = pytest.mark.xdist_group("grids_smoke")
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("grids") / "runs"
+def runs_dir(tmp_path_factory, table1_smoke):
+    # Holds Table 1's ConAdv 32k run (copied from the shared launch), which is also Table 3's cell.
+    runs = tmp_path_factory.mktemp("grids") / "runs"
+    (run,) = apply_filters(expand(load_experiments(["table1"]), scale="smoke", runs_dir=table1_smoke.runs_dir,
+                                  sets={}),
+                           ["row=ResNet-50+ConAdv", "column=32k"])
+    shutil.copytree(run.run_dir, runs / run.run_dir.relative_to(table1_smoke.runs_dir))
+    return runs
 
 
-def test_table1_whole_at_smoke_scale(runs_dir, cli_env, tmp_path):
-    out = run_cli([*LAUNCH, "table1", "--runs-dir", str(runs_dir), "--cluster", "local"], cli_env, tmp_path,
-                  timeout=900)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "28 runs: 28 finished"
-    assert out.stdout.count("top1=") == 28
+def test_table1_whole_at_smoke_scale(table1_smoke, cli_env, tmp_path):
+    assert table1_smoke.returncode == 0, table1_smoke.stdout[-2000:] + table1_smoke.stderr[-2000:]
+    assert table1_smoke.stdout.strip().splitlines()[-1] == "28 runs: 28 finished"
+    assert table1_smoke.stdout.count("top1=") == 28
+    again = run_cli([*LAUNCH, "table1", "--runs-dir", str(table1_smoke.runs_dir), "--cluster", "local"], cli_env,
+                    tmp_path)
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
+    assert again.stdout.strip().splitlines()[-1] == "28 runs: 28 finished"
 
 
 @pytest.mark.parametrize("experiment, only", [
     ("table2", ["row=ResNet-50+ConAdv+AA", "column=96k"]),
     ("table4", ["row=ConAdv + AA", "column=16k"]),
     ("table5", ["row=ResNet-50 + ConAdv + AA 64k", "column=p=0"]),
-    ("figure2", ["row=ResNet-50+AA", "column=256k"]),
-    ("table3", ["row=ConAdv", "column=32k"]),  # Table 1's run: finished above, nothing to train
+    ("figure2", ["row=ResNet-50", "column=128k"]),  # Table 1 has no 128k column
+    ("table3", ["row=ConAdv", "column=32k"]),  # Table 1's run (copied in runs_dir): nothing to train
     ("staleness", ["row=ConAdv tau=2", "column=96k"]),
 ])
 def test_one_run_of_each_other_grid(runs_dir, capsys, monkeypatch, experiment, only):
@@ -42,6 +55,7 @@ def test_one_run_of_each_other_grid(runs_dir, capsys, monkeypatch, experiment, o
                                  capsys)
     assert status == 0, out[-2000:] + err[-2000:]
     assert out.strip().splitlines()[-1] == "1 run: 1 finished"
+    assert ("nothing to submit" in out) == (experiment == "table3"), out[-2000:]
     status, out, _ = call_main(cli.main, [experiment, "--dry-run", "--runs-dir", str(runs_dir), "--cluster", "local"],
                                capsys)
     assert status == 0 and "finished" in out.strip().splitlines()[-1]

@@ -22,8 +22,13 @@ from tests.helpers import run_cli
 LAUNCH = ["-m", "conadv_repro.launch"]
 
 
-def plan(runs_dir: Path, *only: str, names=("table1",)):
-    return apply_filters(expand(load_experiments(list(names)), scale="smoke", runs_dir=runs_dir, sets={}), only)
+# The launcher's tests are about launching: 4 steps a run instead of the smoke scale's 40.
+SHORT = ["--set", "steps=4"]
+
+
+def plan(runs_dir: Path, *only: str, names=("table1",), sets: dict[str, str] | None = None):
+    return apply_filters(expand(load_experiments(list(names)), scale="smoke", runs_dir=runs_dir, sets=sets or {}),
+                         only)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -68,12 +73,12 @@ def test_dry_run_shows_each_state_and_a_summary_last(tmp_path, cli_env):
 
 def test_a_local_launch_trains_what_is_missing_and_then_nothing(tmp_path, cli_env):
     runs = tmp_path / "runs"
-    args = [*LAUNCH, "table1", "--only", "paper_batch=32k", "--runs-dir", str(runs), "--cluster", "local"]
+    args = [*LAUNCH, "table1", "--only", "paper_batch=32k", *SHORT, "--runs-dir", str(runs), "--cluster", "local"]
     first = run_cli(args, cli_env, tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.strip().splitlines()[-1] == "4 runs: 4 finished"
     assert first.stdout.count("top1=") == 4
-    for run in plan(runs, "paper_batch=32k"):
+    for run in plan(runs, "paper_batch=32k", sets={"steps": "4"}):
         record = json.loads((run.run_dir / "record.json").read_text())
         assert record["status"] == "finished" and record["attempts"] == 1
         launch = json.loads((run.run_dir / "launch.json").read_text())
@@ -122,13 +127,13 @@ def test_unfinished_runs_resume_and_failed_ones_wait_for_retry(tmp_path, monkeyp
 
 def test_two_launches_at_once_split_the_work(tmp_path, cli_env):
     runs = tmp_path / "runs"
-    args = [sys.executable, *LAUNCH, "table1", "--only", "paper_batch=64k,96k", "--runs-dir", str(runs),
+    args = [sys.executable, *LAUNCH, "table1", "--only", "paper_batch=64k,96k", *SHORT, "--runs-dir", str(runs),
             "--cluster", "local"]
     procs = [subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    grid = plan(runs, "paper_batch=64k,96k")
+    grid = plan(runs, "paper_batch=64k,96k", sets={"steps": "4"})
     assert len(grid) == 8
     for run in grid:
         record = json.loads((run.run_dir / "record.json").read_text())

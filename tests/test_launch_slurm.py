@@ -23,11 +23,13 @@ from tests.slurm_support import sacct_state, wait_done
 pytestmark = pytest.mark.slurm
 LAUNCH = ["-m", "conadv_repro.launch"]
 ONE_RUN = ["--only", "method=vanilla", "--only", "paper_batch=32k", "--only", "autoaugment=false"]
+# What Slurm runs is the point here, not the training: 4 steps a run instead of the smoke scale's 40.
+SHORT = ["--set", "steps=4"]
 
 
 def test_a_grid_runs_as_a_slurm_job_array(tmp_path, cli_env, slurm_partition):
     runs = tmp_path / "runs"
-    args = [*LAUNCH, "table1", "--only", "paper_batch=64k", "--runs-dir", str(runs), "--cluster", "slurm",
+    args = [*LAUNCH, "table1", "--only", "paper_batch=64k", *SHORT, "--runs-dir", str(runs), "--cluster", "slurm",
             "--profile", "local", "--runs-per-job", "2", "--wait"]
     out = run_cli(args, cli_env, tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -38,8 +40,8 @@ def test_a_grid_runs_as_a_slurm_job_array(tmp_path, cli_env, slurm_partition):
         assert entry["cluster"] == "slurm" and "_" in entry["job_id"]  # array tasks
         job_ids.add(entry["job_id"])
     assert len(job_ids) == 2
-    again = run_cli([*LAUNCH, "table1", "--only", "paper_batch=64k", "--runs-dir", str(runs), "--cluster", "slurm",
-                     "--profile", "local"], cli_env, tmp_path)
+    again = run_cli([*LAUNCH, "table1", "--only", "paper_batch=64k", *SHORT, "--runs-dir", str(runs),
+                     "--cluster", "slurm", "--profile", "local"], cli_env, tmp_path)
     assert "nothing to submit" in again.stdout
 
 
@@ -60,8 +62,9 @@ def test_a_failing_job_is_shown_failed_with_its_log_tail(tmp_path, cli_env, slur
 
 def test_a_preempted_job_requeues_resumes_and_ends_bit_identical(tmp_path, slurm_partition):
     runs = tmp_path / "runs"
-    # Long enough (about 15 s) that the preemption always lands mid-run, after the first checkpoint.
-    sets = parse_sets(["steps=1500", "runtime.threads=1", "runtime.checkpoint_every=10"])
+    # 300 steps (about 12 s at 40 ms a step on one thread): the preemption, sent as soon as the checkpoint of
+    # step 10 appears, lands mid-run; a run that finished first would show attempts == 1 below and fail.
+    sets = parse_sets(["steps=300", "runtime.threads=1", "runtime.checkpoint_every=10"])
     (run,) = apply_filters(expand(load_experiments(["table1"]), scale="smoke", runs_dir=runs, sets=sets),
                            ["method=vanilla", "paper_batch=32k", "autoaugment=false"])
     args = argparse.Namespace(runs_dir=runs, scale="smoke", runs_per_job=0)
@@ -92,7 +95,7 @@ def test_a_run_on_several_processes_runs_as_one_multi_task_slurm_job(tmp_path, c
     # ConAdv with one attack worker: two tasks of one job (trainer + attacker), torch.distributed set up
     # from submitit's TorchDistributedEnvironment, gloo on the CPU.
     runs = tmp_path / "runs"
-    args = [*LAUNCH, "table1", "--only", "method=conadv", "--only", "paper_batch=32k", "--set",
+    args = [*LAUNCH, "table1", "--only", "method=conadv", "--only", "paper_batch=32k", *SHORT, "--set",
             "conadv.attack_workers=1", "--runs-dir", str(runs), "--cluster", "slurm", "--profile", "local", "--wait"]
     out = run_cli(args, cli_env, tmp_path, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -18,7 +18,9 @@ three-way BatchNorm: the AutoAugment image as today plus the same crop without A
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,20 +154,39 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1, unbiased=False).tolist())
 
 
-@lru_cache(maxsize=4)
-def _digits_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits  # the import is slow; only digits runs need it
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as `load_digits()` gives them: images (1797, 8, 8) float64 in 0..16, labels.
+
+    Read from the CSV that scikit-learn ships, found without importing scikit-learn (its import takes
+    about 3 s on a CPU, longer than a smoke run's training); `load_digits` where that file is not found.
+    A test checks that both give the same arrays.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    csv = None
+    if spec is not None and spec.submodule_search_locations:
+        csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if csv is not None and csv.is_file():
+        with gzip.open(csv) as handle:
+            data = np.loadtxt(handle, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits
 
     raw = load_digits()
+    return raw.images, raw.target
+
+
+@lru_cache(maxsize=4)
+def _digits_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    raw_images, raw_labels = _digits_arrays()
     # Pixel values are 0..16; scale them to the usual 0..255.
-    images = torch.from_numpy(np.rint(raw.images * (255.0 / 16.0))).to(torch.float32).unsqueeze(1)
+    images = torch.from_numpy(np.rint(raw_images * (255.0 / 16.0))).to(torch.float32).unsqueeze(1)
     if image_size != images.shape[-1]:
         # Resized once here, not per item, so that __getitem__ is only indexing and normalising.
         images = torch.nn.functional.interpolate(
             images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
         )
     images = images.round().clamp(0, 255).to(torch.uint8).contiguous()
-    return images, torch.from_numpy(raw.target).to(torch.int64)
+    return images, torch.from_numpy(raw_labels).to(torch.int64)
 
 
 def build_digits(root: str, image_size: int, *, autoaugment: bool = False, seed: int = 0) -> DataBundle:

@@ -30,8 +30,6 @@ from typing import Any, TypeVar
 
 import torch
 from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import functional as F
 
 from conadv_repro.errors import UserError
 
@@ -136,15 +134,27 @@ class ImageTransform:
     @property
     def can_pair(self) -> bool:
         """Whether AutoAugment is the last step, so `PairedTransform` can split it off the geometric ones."""
-        return bool(self.steps) and isinstance(self.steps[-1], T.AutoAugment)
+        return bool(self.steps) and isinstance(self.steps[-1], _tv_transforms().AutoAugment)
 
     def __repr__(self) -> str:
         steps = ", ".join(type(step).__name__ for step in self.steps) or "no augmentation"
         return f"ImageTransform({steps}; random={self.random})"
 
 
+def _tv_transforms() -> Any:
+    # Imported on first use: torchvision's import pulls in torch._dynamo (about 3 s on a CPU), and the
+    # embedded digits without AutoAugment, the suite's smoke runs and attack workers, never need it.
+    from torchvision import transforms
+
+    return transforms
+
+
 def _as_tensor(image: ImageInput) -> torch.Tensor:
-    return F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+    if isinstance(image, Image.Image):
+        from torchvision.transforms.functional import pil_to_tensor
+
+        return pil_to_tensor(image)
+    return image
 
 
 class PairedTransform:
@@ -196,6 +206,7 @@ def _train(
     steps: list[Callable[[Any], Any]], mean: Sequence[float], std: Sequence[float], autoaugment: bool
 ) -> ImageTransform:
     if autoaugment:
+        T = _tv_transforms()
         steps = [*steps, T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)]
     return ImageTransform(steps, mean, std, random=bool(steps))
 
@@ -212,6 +223,7 @@ def cifar10_preset(
     mean: Sequence[float], std: Sequence[float], *, autoaugment: bool = False
 ) -> TransformPair:
     """CIFAR-10's standard recipe (He et al. 2016): pad-and-crop plus horizontal flip."""
+    T = _tv_transforms()
     return TransformPair(
         train=_train([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()], mean, std, autoaugment),
         eval=ImageTransform([], mean, std, random=False),
@@ -223,6 +235,7 @@ def imagenet_preset(
 ) -> TransformPair:
     """ResNet-50 v1.5's recipe (torchvision's classification reference); works on PIL or uint8 tensors."""
     resize = int(image_size * 256 / 224)
+    T = _tv_transforms()
     return TransformPair(
         train=_train(
             [T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip()],

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet as tv_resnet
 
 CIFAR_DEPTHS = {"resnet8": 1, "resnet14": 2, "resnet20": 3, "resnet32": 5}
-TORCHVISION = {"resnet18": tv_resnet.resnet18, "resnet50": tv_resnet.resnet50}
+# torchvision's builders, imported when one is built: torchvision's import costs about 3 s on a CPU.
+TORCHVISION = ("resnet18", "resnet50")
 
 
 class _BasicBlock(nn.Module):
@@ -68,7 +68,9 @@ def cifar_resnet(name: str, *, width: int, num_classes: int, in_channels: int,
 
 def torchvision_resnet(name: str, *, num_classes: int, in_channels: int, stem: str,
                        zero_init_residual: bool) -> nn.Module:
-    model = TORCHVISION[name](weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    from torchvision.models import resnet as tv_resnet
+
+    model = getattr(tv_resnet, name)(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
