@@ -160,6 +160,20 @@ def test_the_multi_gpu_section_runs_its_exactness_runs_over_gloo_on_the_cpu(caps
     assert "PASS  2 trainers + 1 attack worker over gloo = one process" in out
 
 
+def test_the_multi_gpu_check_fails_on_a_record_of_another_layout(tmp_path):
+    # A run that silently fell back to one process would still agree with the reference: its record must not.
+    from conadv_repro.gpu_check.multi_gpu import _check_layout
+
+    (tmp_path / "record.json").write_text(json.dumps({"status": "finished", "executor": "sequential",
+                                                      "distributed": {"world_size": 1}}))
+    with pytest.raises(CheckFailed, match="executor='sequential', expected 'workers'"):
+        _check_layout(tmp_path, {"executor": "workers"}, "3-rank")
+    assert _check_layout(tmp_path, {"executor": "sequential"}, "one-process")["distributed"]["world_size"] == 1
+    (tmp_path / "record.json").write_text(json.dumps({"status": "failed"}))
+    with pytest.raises(CheckFailed, match="says 'failed'"):
+        _check_layout(tmp_path, {}, "3-rank")
+
+
 def test_make_gpu_check_runs_the_module_with_the_given_python():
     # Under `make test` this make is a sub-make: without its parent's variables it prints only the command.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}

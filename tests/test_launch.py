@@ -17,7 +17,7 @@ from conadv_repro.engine.trainer import Trainer
 from conadv_repro.launch import cli
 from conadv_repro.launch.plan import apply_filters, expand
 from conadv_repro.registry import load_experiments
-from tests.helpers import run_cli
+from tests.helpers import call_main, run_cli
 
 LAUNCH = ["-m", "conadv_repro.launch"]
 
@@ -143,7 +143,12 @@ def test_two_launches_at_once_split_the_work(tmp_path, cli_env):
     assert sum(submitted) == 8
 
 
-def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env):
+def launch_status(args: list[str], capsys) -> str:
+    """`launch status ARGS` in this process: polled every second, a fresh process each time would cost more."""
+    return call_main(cli.main, ["status", *args], capsys)[1]
+
+
+def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env, capsys):
     runs = tmp_path / "runs"
     args = ["table1", "--only", "method=vanilla", "--only", "paper_batch=32k", "--only", "autoaugment=false",
             "--set", "steps=100000", "--runs-dir", str(runs), "--cluster", "local"]
@@ -153,7 +158,7 @@ def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env):
     deadline = time.time() + 120
     status = ""
     while time.time() < deadline:
-        status = run_cli([*LAUNCH, "status", *args], cli_env, tmp_path).stdout
+        status = launch_status(args, capsys)
         if status.startswith("running"):
             break
         time.sleep(1)
@@ -166,7 +171,7 @@ def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env):
     assert "cancelled 1 run " in cancelled.stdout
     for pid in (lock["pid"], lock["local_job_pid"]):
         assert wait_gone(pid), f"process {pid} still runs after cancel"
-    after = run_cli([*LAUNCH, "status", *args], cli_env, tmp_path).stdout
+    after = launch_status(args, capsys)
     assert after.strip().splitlines()[-1] == "1 run: 1 unfinished"
 
 
@@ -216,16 +221,16 @@ def test_bad_input_is_one_line_and_submits_nothing(tmp_path, cli_env, args, frag
     assert not (tmp_path / "runs").exists()
 
 
-def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path, cli_env):
+def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path, cli_env, capsys):
     runs = tmp_path / "runs"
     select = ["--only", "method=vanilla", "--only", "paper_batch=1k,4k", "--only", "autoaugment=false"]
     common = ["table1", *select, "--set", "steps=100000", "--runs-dir", str(runs), "--cluster", "local"]
     out = run_cli([*LAUNCH, *common, "--runs-per-job", "2", "--no-wait"], cli_env, tmp_path)
     assert "submitted 2 runs in 1 job to local" in out.stdout, out.stdout + out.stderr
-    status_args = [*LAUNCH, "status", "table1", *select, "--set", "steps=100000", "--runs-dir", str(runs)]
+    status_args = ["table1", *select, "--set", "steps=100000", "--runs-dir", str(runs)]
     deadline = time.time() + 120
     while time.time() < deadline:
-        lines = run_cli(status_args, cli_env, tmp_path).stdout.splitlines()
+        lines = launch_status(status_args, capsys).splitlines()
         if lines and lines[-1] == "2 runs: 1 running, 1 queued":
             break
         time.sleep(1)
@@ -236,12 +241,12 @@ def test_cancelling_a_queued_run_of_a_shared_job_leaves_the_job_running(tmp_path
     first = run_cli([*LAUNCH, *cancel], cli_env, tmp_path)
     assert "1 queued run left the jobs that also hold other runs" in first.stdout, first.stdout
     time.sleep(2)
-    lines = run_cli(status_args, cli_env, tmp_path).stdout.splitlines()
+    lines = launch_status(status_args, capsys).splitlines()
     assert lines[-1] == "2 runs: 1 running, 1 unfinished", lines
     run_cli([*LAUNCH, "cancel", "table1", *select, "--set", "steps=100000", "--runs-dir", str(runs)], cli_env,
             tmp_path)
     time.sleep(2)
-    assert run_cli(status_args, cli_env, tmp_path).stdout.splitlines()[-1] == "2 runs: 2 unfinished"
+    assert launch_status(status_args, capsys).splitlines()[-1] == "2 runs: 2 unfinished"
 
 
 def test_a_job_asks_for_one_gpu_per_process_of_its_run():

@@ -6,6 +6,7 @@ launcher and the analysis: its `status` is `running`, `finished`, `failed` or `d
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import socket
@@ -114,16 +115,25 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+@functools.cache
+def _process_provenance() -> tuple[tuple[str, ...], str, bool | None]:
+    """(installed packages, git commit, dirty), once per process: its code and packages are those it
+    imported at the start, and reading every package's metadata takes about 0.3 s, once per run otherwise
+    (a job trains many runs)."""
+    # A set: an editable install can be listed twice (its .egg-info and its .dist-info).
+    packages = tuple(sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                             if d.metadata["Name"]}))
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return packages, _git("rev-parse", "HEAD") or "unknown", None if status is None else bool(status)
+
+
 def environment_info(device: torch.device) -> dict[str, Any]:
     """What produced a run: versions of the package, torch, CUDA, cuDNN and every installed package."""
-    # A set: an editable install can be listed twice (its .egg-info and its .dist-info).
-    packages = sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
-                       if d.metadata["Name"]})
+    packages, commit, dirty = _process_provenance()
     info: dict[str, Any] = {
         "package_version": conadv_repro.__version__,
-        "git_commit": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": None if (status := _git("status", "--porcelain", "--untracked-files=no")) is None
-        else bool(status),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -132,6 +142,6 @@ def environment_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
-        "packages": packages,
+        "packages": list(packages),
     }
     return info

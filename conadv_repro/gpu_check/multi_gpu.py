@@ -1,10 +1,11 @@
 """Section 4: what one GPU cannot check, and the NCCL runs where there are enough GPUs.
 
 NCCL needs one GPU per rank, so on one GPU the trainers' all-reduce and the attack workers' broadcast
-and transfers are not exercised (tests/test_distributed.py runs the same protocol over gloo on the CPU).
+and transfers are not exercised (tests/test_distributed.py, and this section's CPU stand-in in
+tests/test_gpu_check.py, run the same protocol over gloo on the CPU).
 With 2 GPUs or more, two trainers (DDP, accumulation) train DisAdv against one process on the whole batch;
 with 3 or more, two trainers and one attack worker train ConAdv against one process with the sequential
-executor: the same runs as tests/test_distributed.py, started with torchrun, on NCCL. The weights agree
+executor: the runs of the CPU stand-in, started with torchrun, on NCCL. The weights agree
 up to summation order (the all-reduce and the BN statistics' sums add in another order), hence the
 tolerance of that test.
 """
@@ -27,7 +28,7 @@ from conadv_repro.gpu_check.plan import Plan
 from conadv_repro.gpu_check.report import CheckFailed, Report
 from conadv_repro.runfiles import RECORD_FILE
 
-TOLERANCE = 1e-4  # relative to each tensor's largest value; tests/test_distributed.py measured 6e-7
+TOLERANCE = 1e-4  # relative to each tensor's largest value; 6e-7 measured over gloo after 3 steps
 TIMEOUT_S = 300
 
 
@@ -57,10 +58,14 @@ def multi_gpu_section(plan: Plan, report: Report, *, on_cpu: bool = False) -> No
                      lambda: _agree([*common, "method=disadv", "steps=3"], 2,
                                     lambda batch: [f"runtime.micro_batch={batch // 4}"]))
     if ranks >= 3:
+        # The records must say the layout really ran: 3 ranks, one of them attacking, and a sequential reference.
+        layout = {"distributed": {"world_size": 3, "trainers": 2, "attack_workers": 1, "backend": backend},
+                  "executor": "workers"}
         report.check(f"2 trainers + 1 attack worker over {backend} = one process (ConAdv, sequential executor)",
                      lambda: _agree([*common, "method=conadv", "steps=4"], 3,
                                     lambda _batch: ["conadv.attack_workers=1"],
-                                    reference=["conadv.executor=sequential"]))
+                                    reference=["conadv.executor=sequential"], layout=layout,
+                                    reference_layout={"executor": "sequential"}))
     else:
         report.skip("2 trainers + 1 attack worker", f"{gpus} GPUs: it needs 3")
 
@@ -83,15 +88,33 @@ def _final_model(run_dir: Path) -> dict[str, Any]:
     return loaded[0]["model"]
 
 
+def _check_layout(run_dir: Path, expected: dict[str, Any], what: str) -> dict[str, Any]:
+    record = json.loads((run_dir / RECORD_FILE).read_text())
+    if record.get("status") != "finished":
+        raise CheckFailed(f"the {what} run's record says {record.get('status')!r}, not finished")
+    for key, value in expected.items():
+        if record.get(key) != value:
+            raise CheckFailed(f"the {what} run's record has {key}={record.get(key)!r}, expected {value!r}")
+    return record
+
+
 def _agree(common: list[str], nproc: int, distributed: Callable[[int], list[str]], *,
-           reference: list[str] | None = None) -> str:
+           reference: list[str] | None = None, layout: dict[str, Any] | None = None,
+           reference_layout: dict[str, Any] | None = None) -> str:
     """Train `common` in one process and on `nproc` ranks (`distributed(batch)` adds the ranks' settings,
-    e.g. two micro-batches on each trainer); the final weights must agree."""
+    e.g. two micro-batches on each trainer); the final weights must agree, and each record must hold the
+    fields given in `layout` (the ranks' run) and `reference_layout` (the one process)."""
     with tempfile.TemporaryDirectory(prefix="conadv-gpu-check-") as tmp:
         ref, multi = Path(tmp) / "ref", Path(tmp) / "multi"
         _train(ref, [*common, *(reference or [])], 1)
-        batch = json.loads((ref / RECORD_FILE).read_text())["config"]["batch_size"]
-        _train(multi, [*common, *distributed(batch)], nproc)
+        ref_record = _check_layout(ref, reference_layout or {}, "one-process")
+        if ref_record["distributed"]["world_size"] != 1:
+            raise CheckFailed(f"the one-process run has world_size {ref_record['distributed']['world_size']}")
+        _train(multi, [*common, *distributed(ref_record["config"]["batch_size"])], nproc)
+        multi_record = _check_layout(multi, layout or {}, f"{nproc}-rank")
+        if multi_record["derived"]["trainers"] != multi_record["distributed"]["trainers"]:
+            raise CheckFailed(f"the {nproc}-rank run derived {multi_record['derived']['trainers']} trainers, its "
+                              f"record says {multi_record['distributed']['trainers']}")
         a, b = _final_model(ref), _final_model(multi)
     worst = 0.0
     for name, value in a.items():
