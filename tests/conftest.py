@@ -1,4 +1,4 @@
-"""Test-wide settings: W&B off (its own tests turn it on offline), a fixed CPU thread count."""
+"""Test-wide settings: W&B off (its own tests turn it on offline), one CPU thread per process."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from conadv_repro.folders import clone_package, folder_package
 
@@ -18,6 +19,11 @@ clone_package("experiments")
 from tests.analysis_fixture import smoke_runs, table1_smoke  # noqa: E402, F401 - shared trained runs
 from tests.slurm_support import require_slurm_partition  # noqa: E402
 
+# One torch thread in each pytest-xdist worker and, through the environment, in every process a test starts
+# (CLIs, torchrun's ranks, local jobs) unless its config says otherwise: the workers and those processes
+# already share the cores, and OpenMP threads that wait on each other would only spin.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_CONSOLE", "off")
