@@ -53,7 +53,12 @@ def results(tmp_path: Path) -> Path:
     return tmp_path / "results"
 
 
-def test_figures_of_real_runs(smoke_runs: Path, results: Path, cli_env: dict[str, str]) -> None:
+def draw(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """make_figures in this process (the script's own path runs in the tests below)."""
+    return call_main(analysis.make_figures.main, list(args), capsys)
+
+
+def test_figures_of_real_runs(smoke_runs: Path, results: Path, capsys) -> None:
     figures = results / "smoke" / "figures"
     # Another scale's committed results and a same-scale figure of an experiment not asked for.
     keep = results / "paper" / "figures" / "keep.png"
@@ -66,15 +71,15 @@ def test_figures_of_real_runs(smoke_runs: Path, results: Path, cli_env: dict[str
 
     args = ("--scale", "smoke", "--runs-dir", str(smoke_runs), "--experiments", "figure2,table1,figure4",
             "--out", str(results))
-    first = make_figures(cli_env, *args)
-    assert first.returncode == 0, first.stderr
+    status, first, err = draw(capsys, *args)
+    assert status == 0, err
     # Table 1's smoke runs at 32k and 64k fill Figure 2's vanilla and AutoAugment points there.
-    assert "figure2: 4 of 18 points filled" in first.stdout
-    assert "curves_table1: 6 lines from 6 finished runs" in first.stdout
-    assert "figure4" in first.stdout and "no file written" in first.stdout
+    assert "figure2: 4 of 18 points filled" in first
+    assert "curves_table1: 6 lines from 6 finished runs" in first
+    assert "figure4" in first and "no file written" in first
     expected = sorted(str(figures / f"{stem}.{fmt}") for stem in ("figure2", "curves_figure2", "curves_table1")
                       for fmt in ("png", "pdf"))
-    assert sorted(wrote(first.stdout)) == expected
+    assert sorted(wrote(first)) == expected
     for stem in ("figure2", "curves_figure2", "curves_table1"):
         assert_png_not_blank(figures / f"{stem}.png")
         assert_pdf(figures / f"{stem}.pdf")
@@ -83,16 +88,16 @@ def test_figures_of_real_runs(smoke_runs: Path, results: Path, cli_env: dict[str
     contents = {p: p.read_bytes() for p in figures.iterdir()}
 
     # A rerun rewrites the same files with the same bytes (no timestamps inside).
-    second = make_figures(cli_env, *args)
-    assert second.returncode == 0, second.stderr
-    assert sorted(wrote(second.stdout)) == expected
+    status, second, err = draw(capsys, *args)
+    assert status == 0, err
+    assert sorted(wrote(second)) == expected
     assert {p: p.read_bytes() for p in figures.iterdir()} == contents
 
     # Regenerating one experiment rewrites only its own files.
     figure2_mtime = (figures / "figure2.png").stat().st_mtime_ns
-    third = make_figures(cli_env, "--runs-dir", str(smoke_runs), "--experiments", "table1", "--out", str(results))
-    assert third.returncode == 0, third.stderr
-    assert sorted(wrote(third.stdout)) == [str(figures / "curves_table1.pdf"), str(figures / "curves_table1.png")]
+    status, third, err = draw(capsys, "--runs-dir", str(smoke_runs), "--experiments", "table1", "--out", str(results))
+    assert status == 0, err
+    assert sorted(wrote(third)) == [str(figures / "curves_table1.pdf"), str(figures / "curves_table1.png")]
     assert (figures / "figure2.png").stat().st_mtime_ns == figure2_mtime
     for path, (data, mtime) in before.items():
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, f"{path} was touched"

@@ -1,6 +1,7 @@
 """The proxy evidence's path, reduced so that CI runs it: the launcher at the proxy scale (its LRs, warmup
-and seeds) with two seeds, two batch sizes and a one-epoch budget, then make_tables on those runs, into a
-temporary folder. The committed results/proxy/ is never read or written."""
+and seeds) with two seeds, two batch sizes, a one-epoch budget and the smoke scale's width (8, a third of
+the width 16's compute), then make_tables on those runs, into a temporary folder. The committed
+results/proxy/ is never read or written."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tests.helpers import run_cli
 
 # 64k (batch 64, 19 steps an epoch) rather than 8k (batch 8, 157 steps): the same path, and an epoch's
 # images cost the same at any batch size, so fewer steps save each step's fixed cost.
-REDUCED = ["--only", "seed=0,1", "--only", "paper_batch=64k,96k", "--set", "epochs=1"]
+SETS = ["--set", "epochs=1", "model.width=8"]
+REDUCED = ["--only", "seed=0,1", "--only", "paper_batch=64k,96k", *SETS]
 
 
 def snapshot(folder):
@@ -32,7 +34,7 @@ def test_reduced_proxy_evidence_trains_and_renders(tmp_path, cli_env):
     # Table 1's four rows at 64k and 96k, and Table 4's ConAdv + AutoAugment at both, two seeds each.
     assert out.stdout.strip().splitlines()[-1] == "20 runs: 20 finished"
     tables = run_cli([str(REPO / "analysis" / "make_tables.py"), "--scale", "proxy", "--runs-dir", str(runs),
-                      "--out", str(results), "--experiments", "table1,table4", "--set", "epochs=1", "--quiet"],
+                      "--out", str(results), "--experiments", "table1,table4", *SETS, "--quiet"],
                      cli_env, tmp_path)
     elapsed = time.time() - start
     assert tables.returncode == 0, tables.stderr
