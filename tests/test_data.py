@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 from conadv_repro.data.datasets import (
@@ -233,6 +232,8 @@ def test_cifar10_split_with_a_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
             n = 5100 if train else 30
             self.data = np.random.RandomState(int(train)).randint(0, 256, (n, 32, 32, 3), dtype=np.uint8)
             self.targets = [i % 10 for i in range(n)]
+
+    import torchvision.datasets  # here, not at the top: collecting would import torchvision in every worker
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     bundle = build_data("cifar10", root="/anywhere", seed=2)

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from PIL import Image
-from torchvision import transforms as T
 
 import conadv_repro
 from conadv_repro.config import Config, config_from_overrides
@@ -96,6 +94,9 @@ def test_resnet18_loads_strict_in_torchvision_with_the_suite_logits(resnet18_run
     assert info["classes"] == CLASSES and info["checkpoint"] == "final.pt" and info["finished"] is True
     state = torch.load(out, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+    import torchvision  # here, not at the top: collecting would import torchvision in every worker
+    from torchvision import transforms as T
+
     network = eval(info["builder"], {"torchvision": torchvision})
     network.load_state_dict(state, strict=True)
     network.eval()
@@ -231,6 +232,8 @@ def test_help_explains(capsys):
 
 def test_torchvision_builder_line_carries_a_non_default_bn_eps():
     cfg = config_from_overrides(["model.name=resnet18", "bn.eps=0.001", *CPU])
+    import torchvision
+
     line, target = _builder(cfg, "torchvision", num_classes=3, in_channels=3)
     assert line == ("torchvision.models.resnet18(num_classes=3, "
                     "norm_layer=functools.partial(torch.nn.BatchNorm2d, eps=0.001))")

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from conadv_repro.config import Config, config_from_overrides
@@ -109,6 +108,8 @@ class PlainVariant:
 
 def torchvision_loop(name: str, source: SyntheticTrainer) -> PlainVariant:
     torch.manual_seed(0)
+    import torchvision  # imported when the speed section runs: its import costs seconds (torch._dynamo)
+
     model = getattr(torchvision.models, name)(weights=None, num_classes=source.bundle.num_classes)
     model = model.to(source.device, memory_format=torch.channels_last if source.channels_last else torch.preserve_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
