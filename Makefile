@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: quickstart test test-quick lint bench venv clean-venv
-# Test processes: most tests use one torch thread, so one per core.
-TEST_WORKERS ?= 2
+# pytest-xdist workers, each with one torch thread (tests/conftest.py). Three on 2 cores measured fastest
+# (README.md, "Tests"): while one worker waits on Slurm or on its own processes, the other two use the cores.
+TEST_WORKERS ?= 3
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

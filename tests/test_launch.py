@@ -127,8 +127,9 @@ def test_unfinished_runs_resume_and_failed_ones_wait_for_retry(tmp_path, monkeyp
 
 def test_two_launches_at_once_split_the_work(tmp_path, cli_env):
     runs = tmp_path / "runs"
+    # One job per launch at most: the claims split the runs, not the job grouping.
     args = [sys.executable, *LAUNCH, "table1", "--only", "paper_batch=64k,96k", *SHORT, "--runs-dir", str(runs),
-            "--cluster", "local"]
+            "--cluster", "local", "--runs-per-job", "8"]
     procs = [subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
