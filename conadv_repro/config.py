@@ -24,6 +24,12 @@ from typing import Any
 from conadv_repro.batch_sizes import format_batch, parse_batch
 from conadv_repro.errors import UserError
 from conadv_repro.presets import preset_values, scale_batch
+from conadv_repro.throughput_model import (
+    CIFAR_DEPTHS,
+    TORCHVISION_LAYERS,
+    network_of_config,
+    smallest_bn_side,
+)
 
 SCHEMA_VERSION = 1
 
@@ -372,6 +378,7 @@ def _validate_cross_fields(cfg: Config) -> None:
     if cfg.batch_size % group:
         raise UserError(f"batch_size={cfg.batch_size} is not a whole number of BN groups of "
                         f"bn.group_size={group}")
+    _validate_group_has_variance(cfg)
     micro = cfg.runtime.micro_batch
     if micro:
         if micro % group:
@@ -413,6 +420,20 @@ def _validate_cross_fields(cfg: Config) -> None:
         raise UserError("bn.three_way=true needs autoaugment=true (its third BN is for augmented images)")
     if cfg.schedule.end_lr > cfg.optim.lr and cfg.optim.lr_rule == "fixed":
         raise UserError(f"schedule.end_lr={cfg.schedule.end_lr} is above the peak optim.lr={cfg.optim.lr}")
+
+
+def _validate_group_has_variance(cfg: Config) -> None:
+    """A BN group must hold two values per channel in every layer: torch's batch norm has no variance of one."""
+    if cfg.bn.group_size > 1 or cfg.model.name not in (*CIFAR_DEPTHS, *TORCHVISION_LAYERS):
+        return  # a user's builder is checked by the split BN when it trains
+    try:
+        side = smallest_bn_side(network_of_config(cfg.flat()))
+    except UserError:
+        return  # a stem the network lacks: the model builder names it
+    if side == 1:
+        raise UserError(f"bn.group_size=1 leaves one value per channel in {cfg.model.name}'s 1x1 feature maps at "
+                        f"model.input_size={cfg.model.input_size or 'default'}, which has no variance; allowed: "
+                        "bn.group_size >= 2, or a larger model.input_size")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:

@@ -187,6 +187,12 @@ def forward_macs(net: Network) -> int:
     return sum(side * side * c_in * c_out * k * k for side, c_in, c_out, k in convs) + features * net.num_classes
 
 
+def smallest_bn_side(net: Network) -> int:
+    """The side of the smallest feature map a BatchNorm normalises (every convolution is followed by one)."""
+    convs, _ = _layers(net)
+    return min(side for side, _, _, _ in convs)
+
+
 def param_count(net: Network) -> int:
     """Trainable parameters: convolution weights, BN scales and shifts, the fc weights and biases."""
     convs, features = _layers(net)

@@ -81,6 +81,17 @@ def test_bad_values_are_one_line_errors(item, fragment):
     assert "\n" not in message
 
 
+def test_a_bn_group_of_one_value_per_channel_is_refused_where_a_feature_map_is_1x1():
+    # ResNet-50's ImageNet stem takes 32 px to 1x1 in layer4: one example per group has no variance there.
+    small = ["model.name=resnet50", "model.input_size=32", "batch_size=64"]
+    with pytest.raises(UserError, match=r"^bn.group_size=1 leaves one value per channel in resnet50's 1x1 "
+                                        r"feature maps at model.input_size=32.*allowed: bn.group_size >= 2"):
+        config_from_overrides([*small, "bn.group_size=1"])
+    config_from_overrides([*small, "bn.group_size=2"])
+    config_from_overrides(["model.name=resnet50", "model.input_size=64", "batch_size=64", "bn.group_size=1"])  # 2x2
+    config_from_overrides(["model.name=resnet8", "batch_size=64", "bn.group_size=1"])  # the digits' 4x4
+
+
 def test_table6_rule_uses_the_paper_values_and_refuses_a_clashing_lr():
     for batch, (lr, warmup) in TABLE6.items():
         assert table6_hparams(batch) == (lr, warmup)

@@ -51,8 +51,10 @@ def test_the_cpu_smoke_runs_every_section_and_writes_a_calibration_the_model_loa
                      *(f"PASS  {m} trains with bf16 autocast" for m in ("vanilla", "disadv", "conadv", "noise")),
                      "SKIP  runtime.compile=true", "PASS  a loader with runtime.workers=2",
                      "PASS  micro-batch 16: every variant steps", "plain PyTorch + torchvision",
-                     "goal  not judged", "PASS  the calibration file is written", "SKIP  NCCL among ranks",
-                     "gpu-check: 10 PASS, 0 FAIL, 2 SKIP"):
+                     "goal  not judged", "PASS  saved activations per image: our split ghost BN against",
+                     *(f"PASS  {m} steps at every micro-batch" for m in ("vanilla", "disadv", "conadv")),
+                     "PASS  the calibration file is written", "SKIP  NCCL among ranks",
+                     "gpu-check: 14 PASS, 0 FAIL, 2 SKIP"):
         assert expected in out, (expected, out)
 
     calibration = tm.load_calibration(out_file)

@@ -8,6 +8,8 @@ from conadv_repro.model.split_bn import (
     bn_route,
     commit_bn_statistics,
     convert_to_split_bn,
+    discard_bn_statistics,
+    move_pending_statistics,
 )
 
 
@@ -95,3 +97,33 @@ def test_conversion_replaces_every_batchnorm():
     assert kinds.count("SplitBatchNorm2d") == 2
     assert not any(type(m) is torch.nn.BatchNorm2d and "main" not in name and "aux" not in name
                    for name, m in net.named_modules())
+
+
+def test_a_group_with_one_value_per_channel_is_refused():
+    bn = make_bn(group=1)
+    with pytest.raises(ValueError, match=r"a BN group of 1 examples of \(1, 1\) positions has one value per channel"):
+        bn(torch.randn(4, 3, 1, 1))
+
+
+def test_recording_committing_and_moving_statistics_never_sync_with_the_host(monkeypatch):
+    live, snapshot = make_bn(group=4), make_bn(group=4)
+    x = torch.randn(8, 3, 5, 5)
+
+    def forbidden(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("host sync")
+
+    for name in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    live(x)
+    with bn_route(snapshot, "aux"):
+        snapshot(x)
+    move_pending_statistics(snapshot, live)
+    commit_bn_statistics(live)
+    live(x)
+    discard_bn_statistics(live)
+    commit_bn_statistics(live)
+    monkeypatch.undo()
+    # The snapshot's aux groups moved to the live network and were committed with its main groups, once.
+    assert int(live.main.num_batches_tracked) == int(live.aux.num_batches_tracked) == 1
+    torch.testing.assert_close(live.aux.running_mean, live.main.running_mean)
+    assert not snapshot.pending("aux").any() and not live.pending("main").any()

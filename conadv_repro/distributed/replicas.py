@@ -96,15 +96,11 @@ class DataParallelReplicas(Replicas):
         tensors = [t for m in modules for t in m.pending_statistics().values()]
         if not tensors:
             return
+        # The group counts travel with the sums: the commit divides by the groups of every trainer.
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, group=self.group)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset: offset + t.numel()].view_as(t))
-            offset += t.numel()
-        for m in modules:  # every trainer recorded the same number of groups
-            for branch in m.groups:
-                m.groups[branch] *= self.trainers
+        parts = flat.split([t.numel() for t in tensors])
+        torch._foreach_copy_(tensors, [part.view_as(t) for part, t in zip(parts, tensors, strict=True)])
 
     def reduce_sums(self, values: Tensor) -> Tensor:
         dist.all_reduce(values, group=self.group)

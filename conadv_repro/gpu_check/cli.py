@@ -4,8 +4,8 @@
     python -m conadv_repro.gpu_check --only speed             # one section again (also: a,b)
     python -m conadv_repro.gpu_check --cpu-smoke              # the same code, shrunk, on the CPU
 
-Sections: deterministic, fast (section 1, correctness), speed (2), calibration (3, runs the speed
-measurements it needs), multi-gpu (4). Exit status: 0 when every check passed (a missed speed goal is
+Sections: deterministic, fast (section 1, correctness), speed (2), memory (peak memory per method; writes
+the memory calibration), calibration (3, runs the speed measurements it needs), multi-gpu (4). Exit status: 0 when every check passed (a missed speed goal is
 reported, not failed), 1 when one failed, 2 when the check cannot run here (no GPU, bad arguments).
 """
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from conadv_repro.gpu_check.calibration import calibration_section, check_writable, default_path
     from conadv_repro.gpu_check.correctness import deterministic_section, fast_section
     from conadv_repro.gpu_check.device import describe, gpu_name
+    from conadv_repro.gpu_check.memory_section import memory_section
     from conadv_repro.gpu_check.multi_gpu import multi_gpu_section
     from conadv_repro.gpu_check.plan import GPU, SECTIONS, SMOKE
     from conadv_repro.gpu_check.report import Report
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if "speed" not in sections:
             report.line("calibration needs the speed measurements: they run first")
         result = speed_section(plan, report)
+    if "memory" in sections:
+        memory_section(plan, report, sys.argv[1:] if argv is None else argv)
     if "calibration" in sections:
         calibration_section(plan, report, result, calibration_path, sys.argv[1:] if argv is None else argv)
     if "multi-gpu" in sections:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECTIONS = ("deterministic", "fast", "speed", "calibration", "multi-gpu")
+SECTIONS = ("deterministic", "fast", "speed", "memory", "calibration", "multi-gpu")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Plan:
     rounds: int
     steps_per_round: int
     warmup_steps: int
+    # The memory section: one step per method at each of these micro-batches, in the speed runs' network.
+    memory_micro_batches: tuple[int, ...]
     skip_compile: str = ""
 
     @property
@@ -60,6 +62,7 @@ GPU = Plan(
     speed=("model.name=resnet50", "model.input_size=224", "runtime.device=cuda", "runtime.autocast=bf16",
            "runtime.channels_last=true"),
     plain_model="resnet50", micro_batches=(64, 128, 256), rounds=5, steps_per_round=3, warmup_steps=3,
+    memory_micro_batches=(128, 256),
 )
 
 SMOKE = Plan(
@@ -78,4 +81,5 @@ SMOKE = Plan(
     speed=("model.name=resnet8", "model.width=4", "model.input_size=16", "runtime.device=cpu",
            "runtime.autocast=none", "runtime.threads=1"),
     plain_model="resnet18", micro_batches=(16,), rounds=2, steps_per_round=1, warmup_steps=1,
+    memory_micro_batches=(8, 16),
 )

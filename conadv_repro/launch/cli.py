@@ -24,6 +24,7 @@ from typing import Any
 
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.launch.memory_check import memory_warnings
 from conadv_repro.launch.plan import PlannedRun, apply_filters, check_scale, expand, parse_sets
 from conadv_repro.launch.states import RunState, SlurmJobs, run_state, summary_line
 from conadv_repro.layout import check_layout, run_processes
@@ -156,6 +157,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     for run in todo:  # refuse a job the cluster cannot give before anything is claimed or written
         submit.job_resources(cluster, profile, run_processes(run.config))
     summary = summary_line([s.state for s in states])
+    for line in memory_warnings(todo, profile):
+        print(line, file=sys.stderr)
     if args.dry_run:
         print_runs(runs, states)
         groups = group_runs(todo, cluster, args)

@@ -8,7 +8,8 @@ for a GPU profile; a CPU one for a profile without GPUs), or `--calibration PATH
 published` for NVIDIA's published A100 figure (labelled "published, not measured here"). Then the grid's
 total. With a GPU profile and ImageNet runs, a line says whether the profile's CPUs per task can feed a
 GPU at the projected rate, from the newest loader calibration (benchmarks/calibrations/loader/, see
-launch/loader_check.py). Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
+launch/loader_check.py), and whether each run's micro-batch fits the profile's GPUs (`gpu_mem_gb`, from
+benchmarks/calibrations/memory/, see launch/memory_check.py). Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from conadv_repro.batch_sizes import format_batch
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
 from conadv_repro.launch.loader_check import feed_line, find_loader_calibration
+from conadv_repro.launch.memory_check import memory_report
 from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.launch.profiles import Profile, load_profile
 from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
@@ -145,6 +147,9 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
             print(feed_line(profile.name, profile.cpus_per_task, rate, autoaugment, what, loader))
         else:
             print(feed_line(profile.name, profile.cpus_per_task, 0.0, False, "", None))
+    if calibration.device == "cuda":
+        for line in memory_report(runs, profile):
+            print(line)
     print(f"grid: {len(runs)} run{'s' if len(runs) != 1 else ''}, {total_hours:,.1f} {unit}, "
           f"{duration(total_wall)} of run time in all (the longest run {duration(longest)}; runs in parallel "
           "finish sooner)")

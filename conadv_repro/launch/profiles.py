@@ -4,6 +4,7 @@
     gpus_per_node = 8          # GPUs per node; a job asks for one per process of its run
     cpus_per_task = 10
     mem_gb = 64                # memory per task
+    gpu_mem_gb = 80            # memory of one GPU; 0: not known (launch and --estimate check no memory)
     time_min = 1440            # time limit of a job, minutes
     account = ""               # optional
     qos = ""                   # optional
@@ -33,6 +34,7 @@ class Profile:
     gpus_per_node: int = 0
     cpus_per_task: int = 2
     mem_gb: int = 8
+    gpu_mem_gb: int = 0
     time_min: int = 1440
     account: str = ""
     qos: str = ""

@@ -10,6 +10,16 @@ and `commit_bn_statistics` folds the mean of all recorded groups into the runnin
 optimizer step. So the running statistics, evaluation and checkpoints do not depend on how a batch was
 split over micro-batches or devices.
 
+Each group is one call of torch's fused batch norm (cuDNN's on a GPU), on a `split` of the batch: it saves
+only its input (a view of the layer's input) for backward, as torchvision's BatchNorm2d does, and
+accumulates its statistics in float32 whatever the input's dtype. Called with momentum 1.0 and a zeroed
+row of a scratch tensor as its running statistics, the kernel writes the group's mean and unbiased
+variance there itself, so recording costs no extra pass over the activations.
+
+What is recorded lives in tensors on the device, counts included: committing, moving and reducing the
+statistics are tensor operations that never wait for the device, and the forward holds no Python state
+that changes from call to call, so torch.compile traces it once per branch.
+
 Which BN a forward uses, and whether it records statistics, is set on the modules by `bn_route`
 (a context manager); a snapshot copy of the network has its own modules, so a concurrent attack on a
 snapshot never races with training on the live network.
@@ -17,6 +27,7 @@ snapshot never races with training on the live network.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +37,9 @@ from torch import Tensor, nn
 
 BRANCHES = ("main", "aux")
 THREE_WAY = ("main", "aux", "aug")  # the official code's third BN, for AutoAugment images
+
+# Rows of a branch's pending statistics: summed group means, summed unbiased variances, group count.
+MEAN, VAR, COUNT = 0, 1, 2
 
 
 class SplitBatchNorm2d(nn.Module):
@@ -43,13 +57,14 @@ class SplitBatchNorm2d(nn.Module):
             self.add_module(name, nn.BatchNorm2d(num_features, eps=eps, momentum=momentum))
         self.branch = "main"
         self.record = True
-        # Per branch: sums of the recorded groups' means and unbiased variances (buffers, on the device)
-        # and the number of groups (a Python int: known from shapes, so committing needs no host sync).
-        # Not part of the state dict: they are empty at every step boundary, where checkpoints are taken.
+        # Per branch, a (3, C) float32 buffer of what the forwards recorded since the last commit (rows MEAN,
+        # VAR, COUNT; the count repeated per channel, so that the commit's foreach operations pair tensors of
+        # one shape). Not part of the state dict: empty at every step boundary, where checkpoints are taken.
         for name in branches:
-            self.register_buffer(f"_sum_mean_{name}", torch.zeros(num_features), persistent=False)
-            self.register_buffer(f"_sum_var_{name}", torch.zeros(num_features), persistent=False)
-        self.groups = dict.fromkeys(branches, 0)
+            self.register_buffer(f"_pending_{name}", torch.zeros(3, num_features), persistent=False)
+
+    def pending(self, branch: str) -> Tensor:
+        return getattr(self, f"_pending_{branch}")
 
     def forward(self, x: Tensor) -> Tensor:
         bn: nn.BatchNorm2d = getattr(self, self.branch)
@@ -59,48 +74,35 @@ class SplitBatchNorm2d(nn.Module):
         if n % self.group_size:
             raise ValueError(f"a training batch of {n} examples is not a whole number of BN groups of "
                              f"{self.group_size}")
+        if self.group_size * math.prod(x.shape[2:]) < 2:
+            raise ValueError(f"a BN group of {self.group_size} examples of {tuple(x.shape[2:])} positions has "
+                             "one value per channel, which has no variance; use a larger bn.group_size")
         groups = n // self.group_size
-        # Statistics in float32 even under autocast: bf16 variances of large groups lose too much.
-        xg = x.float().reshape(groups, self.group_size, c, -1)
-        var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, unbiased=False)
-        y = (xg - mean) * torch.rsqrt(var + self.eps)
-        y = y.reshape(x.shape) * bn.weight.view(1, c, 1, 1) + bn.bias.view(1, c, 1, 1)
-        if self.record:
+        # With momentum 1.0 each call writes its group's mean and unbiased variance into its row of `stats`
+        # (zeroed, since the kernel computes 0 * old + 1 * new). Without recording, nothing is written.
+        stats = torch.zeros(2, groups, c, device=x.device, dtype=torch.float32) if self.record else None
+        parts = x.split(self.group_size) if groups > 1 else (x,)
+        outputs = [F.batch_norm(part, None if stats is None else stats[0, i], None if stats is None else stats[1, i],
+                                bn.weight, bn.bias, True, 1.0, self.eps) for i, part in enumerate(parts)]
+        y = torch.cat(outputs) if groups > 1 else outputs[0]
+        if stats is not None:
             with torch.no_grad():
-                count = self.group_size * xg.shape[3]
-                unbiased = var.reshape(groups, c) * (count / max(count - 1, 1))
-                getattr(self, f"_sum_mean_{self.branch}").add_(mean.reshape(groups, c).sum(0))
-                getattr(self, f"_sum_var_{self.branch}").add_(unbiased.sum(0))
-                self.groups[self.branch] += groups
-        return y.to(x.dtype)
+                pending = self.pending(self.branch)
+                pending[:COUNT].add_(stats.sum(1))
+                pending[COUNT].add_(groups)
+        return y
 
     def pending_statistics(self) -> dict[str, Tensor]:
-        """The recorded sums (for an all-reduce across ranks before `commit`); counts are in `groups`."""
-        return {f"_{kind}_{b}": getattr(self, f"_{kind}_{b}") for b in self.branches
-                for kind in ("sum_mean", "sum_var")}
+        """The recorded sums and counts (for an all-reduce across ranks before the commit)."""
+        return {f"_pending_{b}": self.pending(b) for b in self.branches}
 
-    @torch.no_grad()
     def commit(self) -> None:
         """Fold the mean of the recorded group statistics into the running statistics, then reset.
         Branches that recorded nothing keep their statistics."""
-        m = self.momentum
-        for name in self.branches:
-            groups = self.groups[name]
-            if not groups:
-                continue
-            bn: nn.BatchNorm2d = getattr(self, name)
-            bn.running_mean.mul_(1 - m).add_(getattr(self, f"_sum_mean_{name}"), alpha=m / groups)
-            bn.running_var.mul_(1 - m).add_(getattr(self, f"_sum_var_{name}"), alpha=m / groups)
-            bn.num_batches_tracked.add_(1)
-        self.discard()
+        commit_bn_statistics(self)
 
-    @torch.no_grad()
     def discard(self) -> None:
-        for name in self.branches:
-            if self.groups[name]:
-                getattr(self, f"_sum_mean_{name}").zero_()
-                getattr(self, f"_sum_var_{name}").zero_()
-                self.groups[name] = 0
+        discard_bn_statistics(self)
 
 
 def split_bn_modules(model: nn.Module) -> Iterator[SplitBatchNorm2d]:
@@ -142,24 +144,54 @@ def bn_route(model: nn.Module, branch: str, *, record: bool = True) -> Iterator[
             m.branch, m.record = b, r
 
 
+@torch.no_grad()
 def commit_bn_statistics(model: nn.Module) -> None:
-    """Once per optimizer step: update every split BN's running statistics from its recorded groups."""
-    for m in split_bn_modules(model):
-        m.commit()
+    """Once per optimizer step: update every split BN's running statistics from its recorded groups.
+
+    running = (1 - m) * running + m * (sum of the groups' statistics) / groups, for each branch that
+    recorded groups; the others keep theirs. A few foreach operations per branch over all layers, with
+    the count read on the device, so the commit neither syncs with the host nor launches per layer."""
+    modules = list(split_bn_modules(model))
+    if not modules:
+        return
+    for branch in modules[0].branches:
+        for momentum in sorted({m.momentum for m in modules}):
+            layers = [m for m in modules if m.momentum == momentum]
+            bns: list[nn.BatchNorm2d] = [getattr(m, branch) for m in layers]
+            pending = [m.pending(branch) for m in layers]
+            counts = [p[COUNT] for p in pending]
+            recorded = torch._foreach_sign(counts)  # 1 where the branch recorded groups, else 0
+            scale = torch._foreach_clamp_min(counts, 1.0)
+            torch._foreach_reciprocal_(scale)
+            torch._foreach_mul_(scale, recorded)
+            torch._foreach_mul_(scale, momentum)  # m / groups, or 0
+            keep = torch._foreach_mul(recorded, -momentum)
+            torch._foreach_add_(keep, 1.0)  # 1 - m, or 1
+            for row, running in ((MEAN, [bn.running_mean for bn in bns]), (VAR, [bn.running_var for bn in bns])):
+                torch._foreach_mul_(running, keep)
+                torch._foreach_addcmul_(running, [p[row] for p in pending], scale)
+            steps = torch.stack([r[0] for r in recorded]).long().unbind(0)
+            torch._foreach_add_([bn.num_batches_tracked for bn in bns], steps)
+            torch._foreach_zero_(pending)
 
 
+@torch.no_grad()
 def discard_bn_statistics(model: nn.Module) -> None:
-    for m in split_bn_modules(model):
-        m.discard()
+    """Forget what the forwards recorded since the last commit (e.g. a diverged step's)."""
+    pending = [t for m in split_bn_modules(model) for t in m.pending_statistics().values()]
+    if pending:
+        torch._foreach_zero_(pending)
 
 
 @torch.no_grad()
 def move_pending_statistics(source: nn.Module, target: nn.Module) -> None:
     """Add the statistics `source` recorded to those of `target` (same architecture) and clear them in
     `source`: an attack on a snapshot that should move the live network's running statistics."""
+    sources: list[Tensor] = []
+    targets: list[Tensor] = []
     for src, dst in zip(split_bn_modules(source), split_bn_modules(target), strict=True):
-        for name, value in src.pending_statistics().items():
-            getattr(dst, name).add_(value)
-        for branch, groups in src.groups.items():
-            dst.groups[branch] += groups
-        src.discard()
+        sources += src.pending_statistics().values()
+        targets += dst.pending_statistics().values()
+    if sources:
+        torch._foreach_add_(targets, sources)
+        torch._foreach_zero_(sources)
