@@ -33,7 +33,6 @@ import datetime
 import itertools
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
@@ -57,7 +56,7 @@ from conadv_repro.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_VAL
 from conadv_repro.data.loader import train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
 from conadv_repro.data.sources import file_decoder
-from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, calibration_name, check_writable_folder, cli_entry
 from conadv_repro.launch.loader_check import LOADER_SCHEMA, loader_calibrations_dir
 from conadv_repro.machine import cpu_name
 
@@ -308,23 +307,6 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def save_name(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or text.endswith(".json"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a name of letters, digits, '.', "
-                                         "'_' and '-', without .json (e.g. amd-epyc-2-cores)")
-    return text
-
-
-def check_writable(folder: Path) -> None:
-    """Fail before the measurement, which takes minutes, rather than when its result cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(f"--save: cannot write in {folder} ({error.strerror or error})") from None
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -335,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=at_least(1), default=192, help="images per loader and round")
     parser.add_argument("--batch", type=at_least(1), default=32, help="images per batch")
     parser.add_argument("--workers", type=worker_counts, default=[0, 1, 2], help="loader worker counts, e.g. 0,1,2")
-    parser.add_argument("--save", type=save_name, default=None,
+    parser.add_argument("--save", type=calibration_name, default=None,
                         help="write benchmarks/calibrations/loader/NAME.json (the suite loader's images per CPU-second)")
     args = parser.parse_args(argv)
     if args.images < args.batch:
@@ -343,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"--images >= --batch")
     save_to = None if args.save is None else loader_calibrations_dir() / f"{args.save}.json"
     if save_to is not None:
-        check_writable(save_to.parent)
+        check_writable_folder(save_to.parent, "--save")
     torch.set_num_threads(1)  # as in a loader worker: one process, one core
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
     temporary = None

@@ -7,9 +7,12 @@ entry points turn it into one line on stderr and exit status 2, without a traceb
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, NoReturn
 
 
@@ -52,3 +55,21 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
     return value
+
+
+def calibration_name(text: str) -> str:
+    """An argparse type: the NAME of a `--save NAME` calibration file, or the one-line usage error."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or text.endswith(".json"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a name of letters, digits, '.', "
+                                         "'_' and '-', without .json (e.g. amd-epyc-2-cores)")
+    return text
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Fail before a measurement, which takes minutes, rather than when its result cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"{option}: cannot write in {folder} ({error.strerror or error})") from None

@@ -12,7 +12,12 @@ import torch
 
 from conadv_repro.atomic import atomic_write_json
 from conadv_repro.gpu_check.calibration import FOLDER, slug
-from conadv_repro.gpu_check.memory import FORWARDS_HELD, activation_bytes_per_image, peak_bytes, peak_calibration
+from conadv_repro.gpu_check.memory import (
+    FORWARDS_HELD,
+    activation_bytes_per_image,
+    peak_bytes,
+    peak_calibration,
+)
 from conadv_repro.gpu_check.plan import Plan
 from conadv_repro.gpu_check.report import Report
 from conadv_repro.gpu_check.speed import EngineVariant, precision, speed_config, torchvision_loop
@@ -29,7 +34,9 @@ def default_memory_path(device_name: str) -> Path:
     return (folder if folder.is_dir() else Path(".")) / f"{slug(device_name)}-gpu-check.json"
 
 
-def memory_section(plan: Plan, report: Report, argv: list[str]) -> MemoryCalibration | None:
+def memory_section(plan: Plan, report: Report, argv: list[str], path: Path | None = None,
+                   command: str = "python -m conadv_repro.gpu_check", write: bool = True) -> MemoryCalibration | None:
+    """The section; on a GPU it writes the calibration to `path` (default: `default_memory_path`) if `write`."""
     cfg = speed_config(plan, plan.memory_micro_batches[0], "vanilla")
     report.section(f"memory: {cfg.model.name} at {cfg.model.input_size} px, {precision(cfg)}, one step per method "
                    f"at micro-batches {', '.join(map(str, plan.memory_micro_batches))}")
@@ -49,8 +56,10 @@ def memory_section(plan: Plan, report: Report, argv: list[str]) -> MemoryCalibra
     name = torch.cuda.get_device_name(0)
     calibration = peak_calibration(peaks, model_name=cfg.model.name, image_size=cfg.model.input_size,
                                    autocast=cfg.runtime.autocast, machine=name,
-                                   command=" ".join(["python -m conadv_repro.gpu_check", *argv]))
-    path = default_memory_path(name)
+                                   command=" ".join([command, *argv]))
+    path = path or default_memory_path(name)
+    if not write:
+        return calibration
 
     def write() -> str:
         atomic_write_json(path, calibration.to_dict())

@@ -8,6 +8,7 @@ better. No torch import.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from conadv_repro import memory_model, throughput_model
@@ -27,13 +28,15 @@ def step_layout(cfg: Config) -> tuple[str, int, int]:
 
 
 def memory_warnings(runs: list[PlannedRun], profile: Profile) -> list[str]:
-    """One line per method and micro-batch whose runs would not fit the profile's GPUs."""
+    """One line per method and micro-batch whose runs would not fit the profile's GPUs, naming the largest
+    micro-batch that fits every one of them (whole BN groups dividing each trainer's share)."""
     if profile.gpu_mem_gb <= 0 or profile.gpus_per_node <= 0:
         return []
     capacity = profile.gpu_mem_gb * memory_model.GIB
-    over: dict[tuple[str, int, str], list[PlannedRun]] = defaultdict(list)
     found: dict[tuple[str, int, str], memory_model.MemoryCalibration | None] = {}
-    needs: dict[tuple[str, int, str], tuple[float, int | None]] = {}
+    # (the run's method, the method whose memory its GPU holds, micro-batch, calibration) -> (bytes, share, group)
+    over: dict[tuple[str, str, int, str], list[tuple[float, int, int]]] = defaultdict(list)
+    calibrations: dict[str, memory_model.MemoryCalibration] = {}
     for run in runs:
         cfg = run.config
         size = throughput_model.network_of_config(cfg.flat()).image_size
@@ -41,22 +44,25 @@ def memory_warnings(runs: list[PlannedRun], profile: Profile) -> list[str]:
         if key not in found:
             found[key] = memory_model.find_memory_calibration(*key)
         calibration = found[key]
-        method, share, micro = step_layout(cfg)
-        needed = None if calibration is None else calibration.needed(method, micro)
-        if needed is None or needed <= capacity:
+        if calibration is None:
             continue
-        fits = memory_model.largest_fitting_micro(calibration, method, capacity, share, cfg.bn.group_size)
-        line = (cfg.method, micro, calibration.describe())
-        over[line].append(run)
-        needs[line] = (max(needed, needs.get(line, (0.0, None))[0]), fits)
+        held, share, micro = step_layout(cfg)
+        needed = calibration.needed(held, micro)
+        if needed is not None and needed > capacity:
+            calibrations[calibration.path] = calibration
+            over[(cfg.method, held, micro, calibration.path)].append((needed, share, cfg.bn.group_size))
     lines = []
-    for (method, micro, source), grouped in over.items():
-        needed, fits = needs[(method, micro, source)]
+    for (method, held, micro, path), grouped in over.items():
+        calibration = calibrations[path]
+        shares = math.gcd(*(share for _, share, _ in grouped))  # a micro-batch dividing every run's share
+        group = math.lcm(*(g for _, _, g in grouped))
+        fits = memory_model.largest_fitting_micro(calibration, held, capacity, shares, group)
         runs_text = f"{len(grouped)} {method} run{'s' if len(grouped) != 1 else ''}"
         advice = (f"runtime.micro_batch={fits} fits (--set runtime.micro_batch={fits}; not part of the run ids)"
                   if fits else "no micro-batch fits (the weights and optimizer state alone do not)")
-        lines.append(f"warning: memory: {runs_text} need about {memory_model.gib(needed)} per GPU at micro-batch "
-                     f"{micro}; profile {profile.name}'s GPUs have {profile.gpu_mem_gb} GiB; {advice} ({source})")
+        lines.append(f"warning: memory: {runs_text} need about {memory_model.gib(max(n for n, _, _ in grouped))} per "
+                     f"GPU at micro-batch {micro}; profile {profile.name}'s GPUs have {profile.gpu_mem_gb} GiB; "
+                     f"{advice} ({calibration.describe()})")
     return lines
 
 
