@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/launch_planning.py
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/memory.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,8 +6,10 @@ For each network (default: resnet50 and resnet18, at --size px, batch --batch, B
    batch and half of it, so weights saved by the convolutions are left out), in fp32 and under bf16
    autocast. Goal for resnet50: at most 1.05x torchvision's.
 2. Time: one forward and backward in fp32, ours and torchvision's in alternating rounds (the order
-   alternates too) after a warm-up; the median of the rounds' ratios and their spread. Goal for resnet50:
-   at most 1.05. (bf16 on a CPU without bf16 units would measure the CPU, not the code.)
+   alternates too) after a warm-up; the median of the rounds' ratios and their spread, on a CPU at one
+   torch thread and at torch's default, with the minor page faults of a step (glibc returning memory to
+   the system and taking it back, which a GPU's caching allocator does not do). Goal for resnet50: at most
+   1.05. (bf16 on a CPU without bf16 units would measure the CPU, not the code.)
 3. On CUDA: the peak memory of one train step per method (vanilla, DisAdv, ConAdv on the side stream) at
    micro-batches 128 and 256, ResNet-50 at 224 px in bf16 channels_last (gpu-check's memory section).
 
@@ -23,6 +25,8 @@ bytes ResNet-50 saves at 224 px under bf16 (a lower bound: conadv_repro/memory_m
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import time
@@ -52,6 +56,16 @@ MIB = 2 ** 20
 COMMAND = "python benchmarks/memory.py"
 
 
+def thread_list(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,2") from None
+    if not counts or any(c < 1 for c in counts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: integers >= 1, e.g. 1,2")
+    return counts
+
+
 def networks(name: str, group: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(ours, torchvision's): the same torchvision builder, ours with every BatchNorm split (train mode)."""
     torch.manual_seed(0)
@@ -74,24 +88,31 @@ def forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_ratio(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> dict[str, float]:
     steps = {"ours": forward_backward(ours, x), "theirs": forward_backward(theirs, x)}
     seconds: dict[str, list[float]] = {"ours": [], "theirs": []}
+    faults: dict[str, list[int]] = {"ours": [], "theirs": []}
     for index in range(warmup + rounds):
         order = ("ours", "theirs") if index % 2 else ("theirs", "ours")
         for name in order:
             sync(x.device)
-            t0 = time.perf_counter()
+            before, t0 = minor_faults(), time.perf_counter()
             steps[name]()
             sync(x.device)
             if index >= warmup:
                 seconds[name].append(time.perf_counter() - t0)
+                faults[name].append(minor_faults() - before)
     ratios = sorted(a / b for a, b in zip(seconds["ours"], seconds["theirs"], strict=True))
     return {"ours_s": statistics.median(seconds["ours"]), "theirs_s": statistics.median(seconds["theirs"]),
-            "ratio": statistics.median(ratios), "low": ratios[0], "high": ratios[-1]}
+            "ratio": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
+            "ours_faults": statistics.median(faults["ours"]), "theirs_faults": statistics.median(faults["theirs"])}
 
 
-def measure(name: str, args: argparse.Namespace, device: torch.device) -> None:
+def measure(name: str, args: argparse.Namespace, device: torch.device, thread_counts: list[int]) -> None:
     ours, theirs = networks(name, args.group, device)
 
     def make(batch: int) -> torch.Tensor:
@@ -106,11 +127,17 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> None:
         verdict = f"(goal <= {GOAL}: {'met' if mine / plain <= GOAL else 'MISSED'})" if name == "resnet50" else ""
         print(f"  saved for backward, {'bf16 autocast' if bf16 else 'fp32':13s}: {mine / MIB:7.3f} MiB/image, "
               f"torchvision {plain / MIB:7.3f} MiB/image, ratio {mine / plain:.3f} {verdict}")
-    timing = time_ratio(ours, theirs, make(args.batch), args.rounds, args.warmup)
-    verdict = f"(goal <= {GOAL}: {'met' if timing['ratio'] <= GOAL else 'MISSED'})" if name == "resnet50" else ""
-    print(f"  forward+backward fp32: {timing['ours_s'] * 1e3:7.1f} ms, torchvision {timing['theirs_s'] * 1e3:7.1f} ms; "
-          f"ratio {timing['ratio']:.3f} (median of {args.rounds} rounds, {timing['low']:.3f}-{timing['high']:.3f}) "
-          f"{verdict}")
+    for threads in thread_counts if device.type == "cpu" else [0]:
+        if threads:
+            torch.set_num_threads(threads)
+        timing = time_ratio(ours, theirs, make(args.batch), args.rounds, args.warmup)
+        verdict = f"(goal <= {GOAL}: {'met' if timing['ratio'] <= GOAL else 'MISSED'})" if name == "resnet50" else ""
+        where = f" {threads} thread{'s' if threads > 1 else ''}," if threads else ""
+        faults = (f"; minor page faults per step {timing['ours_faults']:,.0f}, torchvision "
+                  f"{timing['theirs_faults']:,.0f}") if device.type == "cpu" else ""
+        print(f"  forward+backward fp32,{where} {timing['ours_s'] * 1e3:7.1f} ms, torchvision "
+              f"{timing['theirs_s'] * 1e3:7.1f} ms; ratio {timing['ratio']:.3f} (median of {args.rounds} rounds, "
+              f"{timing['low']:.3f}-{timing['high']:.3f}) {verdict}{faults}")
 
 
 def cpu_calibration(argv: list[str]) -> MemoryCalibration:
@@ -133,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", type=at_least_one, default=8, help="examples per BN group (default 8: 4 groups)")
     parser.add_argument("--rounds", type=at_least_one, default=15, help="timed rounds (default 15; at least 5)")
     parser.add_argument("--warmup", type=at_least_one, default=2, help="untimed rounds first (default 2)")
-    parser.add_argument("--threads", type=at_least_one, default=None, help="torch CPU threads (default torch's)")
+    parser.add_argument("--threads", type=thread_list, default=None, metavar="N[,N]",
+                        help="torch CPU threads of the timing, each in turn (default: 1 and torch's default)")
     parser.add_argument("--save", type=calibration_name, default=None, metavar="NAME",
                         help="write benchmarks/calibrations/memory/NAME.json for launch and --estimate")
     args = parser.parse_args(argv)
@@ -150,14 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     save_to = None if args.save is None else memory_calibrations_dir() / f"{args.save}.json"
     if save_to is not None:
         check_writable_folder(save_to.parent, "--save")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = args.threads or sorted({1, torch.get_num_threads()})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{cpu_name()}, {torch.get_num_threads()} torch threads"
+        f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"memory benchmark on {where}; torch {torch.__version__}, torchvision {torchvision.__version__}")
     for name in models:
-        measure(name, args, device)
+        measure(name, args, device, thread_counts)
     if device.type == "cuda":
         from conadv_repro.gpu_check.memory_section import memory_section
         from conadv_repro.gpu_check.plan import GPU
