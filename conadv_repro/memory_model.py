@@ -25,19 +25,22 @@ are read as DisAdv and vanilla.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conadv_repro.calibration_files import (
+    calibrations_dir,
+    check_header,
+    number,
+    read_calibration,
+    texts,
+)
 from conadv_repro.errors import UserError
 
 SCHEMA = 1
 FOLDER = "memory"
-CALIBRATIONS_ENV = "CONADV_CALIBRATIONS"  # the folder of all calibrations (conadv_repro/throughput_model.py)
 METHODS = ("vanilla", "disadv", "conadv")
 SOURCES = ("peak", "saved-tensors")
 # The methods whose step holds the same activations as a calibrated one.
@@ -47,9 +50,7 @@ GIB = 2 ** 30
 
 def memory_calibrations_dir() -> Path:
     """`benchmarks/calibrations/memory/` at the root of the clone (under CONADV_CALIBRATIONS when set)."""
-    override = os.environ.get(CALIBRATIONS_ENV)
-    base = Path(override) if override else Path(__file__).resolve().parents[1] / "benchmarks" / "calibrations"
-    return base / FOLDER
+    return calibrations_dir(FOLDER)
 
 
 @dataclass(frozen=True)
@@ -101,26 +102,10 @@ def line_through(points: Mapping[int, float]) -> MethodMemory:
     return MethodMemory(max(my - slope * mx, 0.0), max(slope, 0.0))
 
 
-def _number(data: Mapping[str, Any], key: str, where: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise UserError(f"{where}: {key}={value!r} is not allowed; allowed: a number >= 0")
-    return float(value)
-
-
 def parse_memory_calibration(data: Any, where: str) -> MemoryCalibration:
     """A memory calibration from its JSON object; every problem is one line naming `where`."""
-    if not isinstance(data, dict) or data.get("kind") != "memory":
-        raise UserError(f"{where}: not a memory calibration (no \"kind\": \"memory\"); allowed: a file written by "
-                        "python benchmarks/memory.py --save NAME")
-    if data.get("schema") != SCHEMA:
-        raise UserError(f"{where}: schema={data.get('schema')!r} is not supported; allowed: {SCHEMA}")
-    texts = {}
-    for key in ("model", "autocast", "machine", "date", "command"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value:
-            raise UserError(f"{where}: {key}={value!r} is not allowed; allowed: a non-empty string")
-        texts[key] = value
+    data = check_header(data, "memory", SCHEMA, where, "python benchmarks/memory.py --save NAME")
+    fields = texts(data, ("model", "autocast", "machine", "date", "command"), where)
     if data.get("source") not in SOURCES:
         raise UserError(f"{where}: source={data.get('source')!r} is not allowed; allowed: {', '.join(SOURCES)}")
     size = data.get("image_size")
@@ -134,19 +119,13 @@ def parse_memory_calibration(data: Any, where: str) -> MemoryCalibration:
     for name, values in methods.items():
         if not isinstance(values, dict):
             raise UserError(f"{where}: methods.{name} is not an object with fixed_bytes and bytes_per_image")
-        parsed[name] = MethodMemory(_number(values, "fixed_bytes", f"{where}: methods.{name}"),
-                                    _number(values, "bytes_per_image", f"{where}: methods.{name}"))
-    return MemoryCalibration(image_size=size, source=data["source"], methods=parsed, path=where, **texts)
+        parsed[name] = MethodMemory(number(values, "fixed_bytes", f"{where}: methods.{name}."),
+                                    number(values, "bytes_per_image", f"{where}: methods.{name}."))
+    return MemoryCalibration(image_size=size, source=data["source"], methods=parsed, path=where, **fields)
 
 
 def load_memory_calibration(path: Path) -> MemoryCalibration:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UserError(f"memory calibration {path} cannot be read ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"memory calibration {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
-    return parse_memory_calibration(data, f"{FOLDER}/{path.name}")
+    return parse_memory_calibration(read_calibration(path, "memory calibration"), f"{FOLDER}/{path.name}")
 
 
 def find_memory_calibration(model: str, image_size: int, autocast: str,

@@ -77,14 +77,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conadv_repro.calibration_files import CALIBRATIONS_ENV, calibrations_dir  # noqa: F401 (part of this module's API)
 from conadv_repro.errors import UserError
-from conadv_repro.folders import CLONE
 
 SCHEMA = 1
 PER_EXAMPLE_KEYS = ("vanilla", "train_only", "attack", "disadv", "conadv_concurrent")
@@ -555,14 +554,7 @@ def assumptions_text(costs: Costs, calibration: Calibration) -> list[str]:
 
 # ------------------------------------------------------------------------------- finding calibrations
 
-CALIBRATIONS_ENV = "CONADV_CALIBRATIONS"
 PUBLISHED = "published"
-
-
-def calibrations_dir() -> Path:
-    """`benchmarks/calibrations/` at the root of the clone; CONADV_CALIBRATIONS overrides it."""
-    override = os.environ.get(CALIBRATIONS_ENV)
-    return Path(override) if override else CLONE / "benchmarks" / "calibrations"
 
 
 def available_calibrations(folder: Path | None = None) -> list[Calibration]:

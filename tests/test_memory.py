@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conadv_repro import memory_model
+from conadv_repro.calibration_files import CALIBRATIONS_ENV
 from conadv_repro.errors import UserError
 from conadv_repro.gpu_check.memory import activation_bytes_per_image, saved_tensor_calibration
 from conadv_repro.launch import cli
@@ -72,7 +73,7 @@ def test_a_calibration_round_trips_and_a_bad_one_is_one_line(tmp_path):
                             ({"image_size": 0}, "image_size=0 is not allowed"),
                             ({"methods": {"sam": {}}}, "methods={'sam': {}} is not allowed"),
                             ({"methods": {"vanilla": {"fixed_bytes": -1, "bytes_per_image": 1}}},
-                             "methods.vanilla: fixed_bytes=-1 is not allowed")]:
+                             "methods.vanilla.fixed_bytes=-1 is not allowed")]:
         with pytest.raises(UserError, match=message) as info:
             memory_model.parse_memory_calibration({**good, **change}, "memory/bad.json")
         assert "\n" not in str(info.value)
@@ -117,7 +118,7 @@ def paper_runs(tmp_path: Path, *sets: str) -> list:
 
 
 def test_launch_warns_when_a_profiles_gpus_cannot_hold_the_micro_batch(tmp_path, monkeypatch):
-    monkeypatch.setenv(memory_model.CALIBRATIONS_ENV, str(tmp_path / "cal"))
+    monkeypatch.setenv(CALIBRATIONS_ENV, str(tmp_path / "cal"))
     save(tmp_path / "cal" / "memory", "h100", calibration())
     runs = paper_runs(tmp_path)  # micro-batch 256: vanilla 29.6 GiB, DisAdv 55.2, ConAdv 81.8
     profile = Profile(name="big", gpus_per_node=8, gpu_mem_gb=80)
@@ -134,13 +135,13 @@ def test_launch_warns_when_a_profiles_gpus_cannot_hold_the_micro_batch(tmp_path,
         "memory: not checked (profile unknown has no gpu_mem_gb)"]
     assert memory_report(paper_runs(tmp_path, "runtime.micro_batch=128"), profile) == [
         "memory: every run's micro-batch fits profile big's 80 GiB GPUs"]
-    monkeypatch.setenv(memory_model.CALIBRATIONS_ENV, str(tmp_path / "none"))
+    monkeypatch.setenv(CALIBRATIONS_ENV, str(tmp_path / "none"))
     (line,) = memory_report(runs, profile)
     assert line.startswith("memory: not checked for resnet50 at 224 px (bf16) (no memory calibration in ")
 
 
 def test_the_estimate_prints_the_memory_warning(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(memory_model.CALIBRATIONS_ENV, str(tmp_path / "cal"))
+    monkeypatch.setenv(CALIBRATIONS_ENV, str(tmp_path / "cal"))
     save(tmp_path / "cal" / "memory", "h100", calibration())
     status, out, err = call_main(cli.main, ["table1", "--scale", "paper", "--profile", "example-gpu", "--estimate",
                                             "--calibration", "published", "--runs-dir", str(tmp_path / "runs")], capsys)

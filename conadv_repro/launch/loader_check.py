@@ -10,26 +10,21 @@ GPU calibrations, so that those are never read as loader figures or the other wa
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conadv_repro.calibration_files import calibrations_dir, check_header, number, read_calibration, texts
 from conadv_repro.errors import UserError
 
 LOADER_SCHEMA = 1
 LOADER_FOLDER = "loader"
-CALIBRATIONS_ENV = "CONADV_CALIBRATIONS"  # the folder of the GPU calibrations (conadv_repro/throughput_model.py)
 
 
 def loader_calibrations_dir() -> Path:
     """`benchmarks/calibrations/loader/` at the root of the clone (under CONADV_CALIBRATIONS when set)."""
-    override = os.environ.get(CALIBRATIONS_ENV)
-    base = Path(override) if override else Path(__file__).resolve().parents[2] / "benchmarks" / "calibrations"
-    return base / LOADER_FOLDER
+    return calibrations_dir(LOADER_FOLDER)
 
 
 @dataclass(frozen=True)
@@ -48,42 +43,20 @@ class LoaderCalibration:
         return f"loader calibration {self.path}, measured on {self.machine}, {self.date}"
 
 
-def _rate(data: Mapping[str, Any], key: str, where: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{where}: images_per_s_per_core.{key}={value!r} is not allowed; allowed: a number > 0")
-    return float(value)
-
-
 def parse_loader_calibration(data: Any, where: str) -> LoaderCalibration:
     """A loader calibration from its JSON object; every problem is one line naming `where`."""
-    if not isinstance(data, dict) or data.get("kind") != "loader":
-        raise UserError(f"{where}: not a loader calibration (no \"kind\": \"loader\"); allowed: a file written "
-                        "by python benchmarks/loader.py --save NAME")
-    if data.get("schema") != LOADER_SCHEMA:
-        raise UserError(f"{where}: schema={data.get('schema')!r} is not supported; allowed: {LOADER_SCHEMA}")
+    data = check_header(data, "loader", LOADER_SCHEMA, where, "python benchmarks/loader.py --save NAME")
     rates = data.get("images_per_s_per_core")
     if not isinstance(rates, dict):
         raise UserError(f"{where}: images_per_s_per_core is missing; allowed: an object with plain and autoaugment")
-    texts = {}
-    for key in ("machine", "date", "command"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value:
-            raise UserError(f"{where}: {key}={value!r} is not allowed; allowed: a non-empty string")
-        texts[key] = value
-    return LoaderCalibration(per_core={False: _rate(rates, "plain", where), True: _rate(rates, "autoaugment", where)},
-                             path=where, **texts)
+    rate_of = f"{where}: images_per_s_per_core."
+    return LoaderCalibration(per_core={False: number(rates, "plain", rate_of, positive=True),
+                                       True: number(rates, "autoaugment", rate_of, positive=True)},
+                             path=where, **texts(data, ("machine", "date", "command"), where))
 
 
 def load_loader_calibration(path: Path) -> LoaderCalibration:
-    shown = f"{LOADER_FOLDER}/{path.name}"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise UserError(f"loader calibration {path} cannot be read ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"loader calibration {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
-    return parse_loader_calibration(data, shown)
+    return parse_loader_calibration(read_calibration(path, "loader calibration"), f"{LOADER_FOLDER}/{path.name}")
 
 
 def find_loader_calibration(folder: Path | None = None) -> LoaderCalibration | None:
