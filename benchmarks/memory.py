@@ -6,7 +6,8 @@ For each network (default: resnet50 and resnet18, at --size px, batch --batch, B
    batch and half of it, so weights saved by the convolutions are left out), in fp32 and under bf16
    autocast. Goal for resnet50: at most 1.05x torchvision's.
 2. Time: one forward and backward in fp32, ours and torchvision's in alternating rounds (the order
-   alternates too) after a warm-up; the median of the rounds' ratios and their spread, on a CPU at one
+   alternates too) after a warm-up; the median of the rounds' ratios, their spread and the ratio of the
+   fastest rounds (the least disturbed on a shared machine), on a CPU at one
    torch thread and at torch's default, with the minor page faults of a step (glibc returning memory to
    the system and taking it back, which a GPU's caching allocator does not do). Goal for resnet50: at most
    1.05. (bf16 on a CPU without bf16 units would measure the CPU, not the code.)
@@ -109,6 +110,7 @@ def time_ratio(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, rounds: int,
     ratios = sorted(a / b for a, b in zip(seconds["ours"], seconds["theirs"], strict=True))
     return {"ours_s": statistics.median(seconds["ours"]), "theirs_s": statistics.median(seconds["theirs"]),
             "ratio": statistics.median(ratios), "low": ratios[0], "high": ratios[-1],
+            "fastest": min(seconds["ours"]) / min(seconds["theirs"]),
             "ours_faults": statistics.median(faults["ours"]), "theirs_faults": statistics.median(faults["theirs"])}
 
 
@@ -137,7 +139,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, thread_co
                   f"{timing['theirs_faults']:,.0f}") if device.type == "cpu" else ""
         print(f"  forward+backward fp32,{where} {timing['ours_s'] * 1e3:7.1f} ms, torchvision "
               f"{timing['theirs_s'] * 1e3:7.1f} ms; ratio {timing['ratio']:.3f} (median of {args.rounds} rounds, "
-              f"{timing['low']:.3f}-{timing['high']:.3f}) {verdict}{faults}")
+              f"{timing['low']:.3f}-{timing['high']:.3f}; fastest rounds {timing['fastest']:.3f}) {verdict}{faults}")
 
 
 def cpu_calibration(argv: list[str]) -> MemoryCalibration:
