@@ -5,6 +5,8 @@
    and commit, metrics, the divergence check). Goal: at most 1.05.
 2. DisAdv/vanilla and ConAdv/vanilla, and ConAdv concurrent/sequential: the attack on a worker thread
    (CPU) or a side CUDA stream (GPU) against the same attack run in line.
+3. The host's waits for the device per engine step (engine/host_syncs.py; goal: 1), counted over one
+   more round of each engine variant.
 
 All variants are timed in alternating rounds so that drift of the machine hits them alike.
 
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from conadv_repro.config import config_from_overrides
 from conadv_repro.data.loader import train_micro_batches
+from conadv_repro.engine.host_syncs import count_host_syncs
 from conadv_repro.engine.trainer import Trainer, build_optimizer
 from conadv_repro.errors import cli_entry
 from conadv_repro.machine import cpu_name
@@ -121,6 +124,12 @@ def main() -> None:
         for name, fn in variants.items():
             times[name].append(time_steps(fn, args.steps, device))
     ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    syncs = {}
+    for name, fn in variants.items():
+        if isinstance(fn, EngineVariant):
+            with count_host_syncs(device) as count:
+                time_steps(fn, args.steps, device)
+            syncs[name] = len(count) / args.steps
 
     batch = reference.cfg.batch_size
     print(f"machine: {machine(device)}; device {device}; torch {torch.__version__}")
@@ -128,6 +137,8 @@ def main() -> None:
     print(f"median of {args.rounds} alternating rounds of {args.steps} steps:")
     for name, value in ms.items():
         print(f"  {name:20s} {value:9.2f} ms/step  {batch / value * 1e3:10,.0f} img/s")
+    print("host syncs per step (goal: 1, after the update is queued): " +
+          ", ".join(f"{name} {value:g}" for name, value in syncs.items()))
     print("ratios:")
     print(f"  engine vanilla / plain PyTorch:      {ms['vanilla'] / ms['plain']:.3f}  (goal <= 1.05)")
     print(f"  DisAdv / vanilla:                    {ms['disadv'] / ms['vanilla']:.3f}")

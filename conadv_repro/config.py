@@ -178,7 +178,8 @@ class RuntimeConfig:
     compile: bool = _f(False, "torch.compile the network", hashed=False)
     deterministic: bool = _f(False, "deterministic kernels: torch.use_deterministic_algorithms (warn_only), "
                              "CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN deterministic without autotuning; repeatable "
-                             "bits on one machine at some speed (docs/gpu-check.md); for the whole process",
+                             "bits on one machine at some speed (docs/gpu-check.md); for the whole process. "
+                             "false: cuDNN autotunes its convolutions on CUDA (every shape of a run is fixed)",
                              hashed=False)
     log_every: int = _f(10, "steps between progress lines and metrics rows", positive=True, hashed=False)
     eval_every: int = _f(1, "epochs between test-set evaluations (and always at the end)",

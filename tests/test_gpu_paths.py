@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from conadv_repro.config import config_from_overrides
-from conadv_repro.engine.determinism import CUBLAS_ENV, current_state, deterministic_mode, restore_state
+from conadv_repro.engine.determinism import (
+    CUBLAS_ENV,
+    configure_kernels,
+    current_state,
+    deterministic_mode,
+    restore_state,
+)
 from conadv_repro.engine.trainer import Trainer
 from conadv_repro.errors import UserError
 from conadv_repro.gpu_check.correctness import train as train_steps
@@ -151,6 +157,22 @@ def test_deterministic_mode_is_set_by_the_config_and_scoped_by_its_context(monke
     # It picks kernels, not the result's distribution: not part of the run id.
     cfg = config_from_overrides(BASE)
     assert cfg.replace({"runtime.deterministic": "true"}).run_id() == cfg.run_id()
+
+
+def test_cudnn_autotunes_runs_on_cuda_unless_they_are_deterministic(monkeypatch):
+    monkeypatch.delenv(CUBLAS_ENV, raising=False)
+    before = current_state()
+    try:
+        torch.backends.cudnn.benchmark = False
+        configure_kernels(False, torch.device("cpu"))
+        assert not torch.backends.cudnn.benchmark  # the CPU has no cuDNN to tune
+        configure_kernels(False, torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark
+        configure_kernels(True, torch.device("cuda"))  # a later deterministic run in the same process
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    finally:
+        restore_state(before)
+    assert current_state() == before
 
 
 def test_the_synthetic_stream_feeds_the_engine_and_conadv_attacks_ahead():

@@ -280,3 +280,39 @@ def test_sgd_mode_keeps_weight_decay_without_a_trust_ratio() -> None:
     opt.step()
     torch.testing.assert_close(w.detach(), torch.full((3, 2), 1 - 0.1 * 0.5))
     torch.testing.assert_close(b.detach(), torch.full((3,), 1 - 0.1 * 2.0))
+
+
+@pytest.mark.parametrize("momentum_form", ["lr_inside", "lr_outside"])
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_the_foreach_step_is_bit_identical_to_the_per_tensor_step(momentum_form: str, optimizer: str) -> None:
+    from tests.reference_lars import PerTensorLARS
+
+    def build(cls: type[LARS]) -> tuple[nn.Module, LARS]:
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 5),
+                              nn.Linear(5, 5))
+        torch.manual_seed(0)
+        for p in model.parameters():
+            nn.init.normal_(p, std=0.3)
+        groups = param_groups_for_lars(model, weight_decay=5e-3)
+        if optimizer == "sgd":
+            for group in groups:
+                group["adapt"] = False
+        return model, cls(groups, lr=0.3, momentum=0.9, weight_decay=5e-3, trust_coefficient=0.02, eps=1e-9,
+                          momentum_form=momentum_form)
+
+    (ours, opt), (theirs, ref) = build(LARS), build(PerTensorLARS)
+    start = [p.detach().clone() for p in ours.parameters()]
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for step in range(4):
+        for model, optim in ((ours, opt), (theirs, ref)):
+            for group in optim.param_groups:
+                group["lr"] = 0.03 / (step + 1)  # a schedule: the two momentum forms differ under it
+            optim.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            if step == 1:
+                model[5].weight.grad = None  # a parameter without a gradient this step is skipped
+            optim.step()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b), name
+        assert torch.equal(opt.state[a]["momentum_buffer"], ref.state[b]["momentum_buffer"]), name
+    assert all(torch.isfinite(p).all() and not torch.equal(p, p0) for p, p0 in zip(ours.parameters(), start, strict=True))

@@ -80,7 +80,8 @@ class DistContext:
 
     def close(self) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.set()
+            self._heartbeat.stop()  # before the teardown: a beat still in the store's client when the process
+            # exits would end it with "terminate called without an active exception"
         if self.multi and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -128,22 +129,31 @@ def _store() -> Any:
         return None
 
 
-def _start_heartbeat(rank: int) -> threading.Event | None:
-    store = _store()
-    if store is None:
-        return None
-    stop = threading.Event()
+class _Heartbeat:
+    """A daemon thread that writes this rank's time into the rendezvous store every HEARTBEAT_S seconds."""
 
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+    def __init__(self, store: Any, rank: int):
+        self._store, self._key = store, _HEARTBEAT_KEY.format(rank)
+        self._stopped = threading.Event()
+        self._store.set(self._key, repr(time.time()))
+        self._thread = threading.Thread(target=self._beat, name="conadv-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_S):
             try:
-                store.set(_HEARTBEAT_KEY.format(rank), repr(time.time()))
+                self._store.set(self._key, repr(time.time()))
             except Exception:  # noqa: BLE001 - the store's host is gone; lost_ranks() says so
                 return
 
-    store.set(_HEARTBEAT_KEY.format(rank), repr(time.time()))
-    threading.Thread(target=beat, name="conadv-heartbeat", daemon=True).start()
-    return stop
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=2 * HEARTBEAT_S)
+
+
+def _start_heartbeat(rank: int) -> _Heartbeat | None:
+    store = _store()
+    return None if store is None else _Heartbeat(store, rank)
 
 
 def lost_ranks(ctx: DistContext, *, stale_s: float = 4 * HEARTBEAT_S) -> str:

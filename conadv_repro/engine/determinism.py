@@ -18,6 +18,11 @@ What it turns on, and why:
 
 The settings are process-wide and stay on once a deterministic run is built; `deterministic_mode()` is
 the scoped form for callers that train other runs afterwards (the GPU check, tests).
+
+A run that is not deterministic on CUDA autotunes instead (`enable_autotuning`: cuDNN times its
+convolution algorithms at each new shape once and keeps the fastest); every shape of a run is fixed, so
+the timing is paid in the first steps only. A deterministic run built later in the same process turns it
+off again, and `deterministic_mode()` puts back whatever was set before it.
 """
 
 from __future__ import annotations
@@ -65,6 +70,19 @@ def enable_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+def enable_autotuning() -> None:
+    """cuDNN's autotuning for a run whose kernels need not be deterministic (its shapes never change)."""
+    torch.backends.cudnn.benchmark = True
+
+
+def configure_kernels(deterministic: bool, device: torch.device) -> None:
+    """Deterministic kernels for a deterministic run, cuDNN's autotuning for any other run on CUDA."""
+    if deterministic:
+        enable_deterministic()
+    elif device.type == "cuda":
+        enable_autotuning()
 
 
 def restore_state(state: DeterminismState) -> None:

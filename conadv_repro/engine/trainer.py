@@ -26,7 +26,7 @@ from conadv_repro.data.loader import MicroBatch, eval_batches, train_micro_batch
 from conadv_repro.data.sampler import BatchPlan
 from conadv_repro.distributed.context import SINGLE, DistContext
 from conadv_repro.distributed.replicas import make_replicas
-from conadv_repro.engine.determinism import enable_deterministic
+from conadv_repro.engine.determinism import configure_kernels
 from conadv_repro.engine.evaluation import evaluate, topk_correct
 from conadv_repro.engine.progress import ProgressPrinter
 from conadv_repro.engine.rng import capture_rng, restore_rng
@@ -161,9 +161,8 @@ class Trainer:
         self.dist = dist
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
-        if cfg.runtime.deterministic:  # before the first cuBLAS call (see engine/determinism.py)
-            enable_deterministic()
         self.device = resolve_device(cfg.runtime.device, dist.local_rank)
+        configure_kernels(cfg.runtime.deterministic, self.device)  # before the first cuBLAS call (determinism.py)
         self.bundle = bundle or build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
                                            autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way,
                                            decoder=cfg.data_decoder)
@@ -256,13 +255,17 @@ class Trainer:
         sums = self.replicas.reduce_sums(torch.stack([loss_total, correct, stop, *(
             torch.as_tensor(branch_losses[n], device=self.device) for n in names)]))
         trainers = self.replicas.trainers
-        loss_value, correct_value, stop_value, *branch_values = sums.tolist()  # one host sync
-        loss_value /= trainers
-        if not math.isfinite(loss_value):
-            raise Diverged(f"loss is {loss_value} in step {step + 1}")
         self.replicas.reduce_bn_statistics(self.model)
         commit_bn_statistics(self.model)
         self.optimizer.step()
+        # The step's one host sync, once its update is queued: the host waits here while the device works,
+        # rather than the device waiting for the host to issue the update. A diverged step has updated the
+        # weights with non-finite values, but nothing is written after it: the run ends as diverged, and the
+        # method is not told of the update (no snapshot, no attack of those weights).
+        loss_value, correct_value, stop_value, *branch_values = sums.tolist()
+        loss_value /= trainers
+        if not math.isfinite(loss_value):
+            raise Diverged(f"loss is {loss_value} in step {step + 1}")
         self.method.after_update(step)
         return {"loss": loss_value, "correct": correct_value, "examples": examples * trainers, "lr": lr,
                 "branch_loss": {n: v / trainers for n, v in zip(names, branch_values, strict=True)},

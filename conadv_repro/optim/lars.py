@@ -21,6 +21,9 @@ Parameters in a group with ``lars_exclude=True`` (BatchNorm parameters and biase
 the trust ratio nor weight decay: the same momentum update with ``trust = 1`` and ``d = g``.
 
 The buffer starts at zero, so the first step stores exactly the update term. No Nesterov, no dampening.
+A step runs per parameter group in `torch._foreach_*` operations (a few multi-tensor kernels on a GPU, the
+trust ratios of all the group's parameters computed at once on the device); on the CPU its results are
+bit-identical to the per-tensor loop of the previous release (tests/reference_lars.py).
 Unlike the TF reference, `eps=0` stays 0 here (TF silently turns it into about 1e-7); the denominator is
 positive wherever both norms are, and the ratio is 1 elsewhere.
 """
@@ -102,54 +105,46 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
         for group in self.param_groups:
-            lr = group["lr"]
-            momentum = group["momentum"]
-            exclude = group["lars_exclude"]
-            lr_inside = group["momentum_form"] == "lr_inside"
-            # Excluded params (BN, biases) ignore the group's weight_decay, as in MLPerf.
-            wd = 0.0 if exclude else group["weight_decay"]
-
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-
-                if exclude:
-                    # Copy: the buffer must not alias p.grad, which zero_grad may clear in place.
-                    update = grad.clone()
-                elif not group["adapt"]:
-                    # Plain momentum SGD with weight decay (optim.name=sgd): no trust ratio.
-                    update = grad.add(p, alpha=wd) if wd != 0.0 else grad.clone()
-                else:
-                    trust = trust_ratio(
-                        torch.linalg.vector_norm(p),
-                        torch.linalg.vector_norm(grad),
-                        trust_coefficient=group["trust_coefficient"],
-                        weight_decay=wd,
-                        eps=group["eps"],
-                    )
-                    update = grad.add(p, alpha=wd) if wd != 0.0 else grad.clone()
-                    update.mul_(trust)
-
-                if lr_inside:
-                    update.mul_(lr)
-
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    # v = m * 0 + update
-                    buf = state["momentum_buffer"] = update
-                else:
-                    buf.mul_(momentum).add_(update)
-
-                if lr_inside:
-                    p.sub_(buf)
-                else:
-                    p.add_(buf, alpha=-lr)
-
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._step_group(group, params)
         return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """One group's update in foreach ops: a few multi-tensor kernels on a GPU instead of several per
+        parameter, the trust ratios computed on the device for all parameters at once (no host sync)."""
+        lr, momentum = group["lr"], group["momentum"]
+        exclude = group["lars_exclude"]
+        lr_inside = group["momentum_form"] == "lr_inside"
+        # Excluded params (BN, biases) ignore the group's weight_decay, as in MLPerf.
+        wd = 0.0 if exclude else group["weight_decay"]
+        grads = [p.grad for p in params]
+        if exclude or wd == 0.0:
+            # Copies: a buffer must not alias p.grad, which zero_grad may clear in place.
+            updates = [g.clone() for g in grads]
+        else:
+            updates = torch._foreach_add(grads, params, alpha=wd)
+        if not exclude and group["adapt"]:
+            trust = trust_ratio(torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(grads)),
+                                trust_coefficient=group["trust_coefficient"], weight_decay=wd, eps=group["eps"])
+            torch._foreach_mul_(updates, trust.unbind(0))
+        if lr_inside:
+            torch._foreach_mul_(updates, lr)
+        # The buffers start at zero, so a first step stores its update: v = m * 0 + update.
+        moving = [(self.state[p]["momentum_buffer"], u) for p, u in zip(params, updates, strict=True)
+                  if "momentum_buffer" in self.state[p]]
+        for p, update in zip(params, updates, strict=True):
+            self.state[p].setdefault("momentum_buffer", update)
+        if moving:
+            buffers, moving_updates = (list(side) for side in zip(*moving, strict=True))
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, moving_updates)
+        buffers = [self.state[p]["momentum_buffer"] for p in params]
+        if lr_inside:
+            torch._foreach_sub_(params, buffers)
+        else:
+            torch._foreach_add_(params, buffers, alpha=-lr)
 
 
 def param_groups_for_lars(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
