@@ -272,7 +272,7 @@ def report(single: dict[str, list[float]], workers: dict[str, Any], cfg: Config)
     if side:
         print(f"in the ConAdv run: trainer 0 spent {1000 * side['weights_broadcast_issue_s'] / max(len(workers['conadv_workers']), 1):.2f} "
               f"ms/step issuing broadcasts and {1000 * side['adversarial_wait_s'] / max(len(workers['conadv_workers']), 1):.2f} "
-              "ms/step waiting for adversarial examples")
+              "ms/step waiting for adversarial examples (on a GPU: its stream's wait, from CUDA events)")
     return {"median_s": med, "ratios": ratios, "communication": comm}
 
 

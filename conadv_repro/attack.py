@@ -52,7 +52,11 @@ def keyed_uniform(keys: list[int], shape: tuple[int, ...], device: torch.device 
     per_row = 1
     for size in shape:
         per_row *= size
-    k = torch.tensor([[key & MASK32, (key >> 32) & MASK32] for key in keys], dtype=torch.int64, device=device)
+    k = torch.tensor([[key & MASK32, (key >> 32) & MASK32] for key in keys], dtype=torch.int64)
+    if torch.device(device).type == "cuda":
+        # From pinned memory without blocking: a pageable copy would make the host wait for the device
+        # (for the main stream's backlog, when the attack runs on the side stream) every micro-batch.
+        k = k.pin_memory().to(device, non_blocking=True)
     counter = torch.arange(per_row, dtype=torch.int64, device=device).unsqueeze(0)
     bits = hash32(hash32(counter ^ k[:, :1]) ^ k[:, 1:])
     # 24 bits are exact in float32: u in [0, 1) on a grid of 2^-24, then mapped to [-1, 1).

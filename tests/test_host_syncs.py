@@ -51,3 +51,14 @@ def test_the_counter_sees_a_sync_and_leaves_torch_as_it_was():
         bool(torch.ones(()) > 0)
         torch.arange(3).tolist()  # int64: indices stay on the host
     assert syncs.calls == ["item", "__bool__"] and torch.Tensor.item is before
+
+
+def test_device_time_sums_its_spans_on_the_host_clock_on_a_cpu():
+    from conadv_repro.distributed.device_time import DeviceTime
+
+    clock = iter([10.0, 10.5, 11.0, 12.25])  # two spans: 0.5 s and 1.25 s, with 0.5 s between them
+    timer = DeviceTime(torch.device("cpu"), clock=lambda: next(clock))
+    for _ in range(2):
+        with timer.span():
+            pass
+    assert timer.seconds == 1.75

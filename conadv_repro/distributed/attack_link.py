@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from conadv_repro.distributed.context import DistContext
+from conadv_repro.distributed.device_time import DeviceTime
 
 WEIGHTS, STOP = 1, 0
 
@@ -155,7 +156,7 @@ class AdversarialReceiver:
         self.incoming = [t for t in transfer_plan(batch, ctx.trainers, ctx.attack_workers)
                          if t.trainer == ctx.trainer_rank]
         self._posted: dict[int, tuple[Tensor, list[Any]]] = {}
-        self.wait_seconds = 0.0
+        self.waiting = DeviceTime(device)  # the trainer's stream waiting for its adversarial examples
 
     def _post(self, step: int, sample_shape: tuple[int, ...]) -> None:
         buffer = torch.empty((self.local, *sample_shape), dtype=torch.float32, device=self.device)
@@ -168,10 +169,9 @@ class AdversarialReceiver:
         if step not in self._posted:
             self._post(step, sample_shape)
         buffer, works = self._posted.pop(step)
-        t0 = time.perf_counter()
-        for work in works:
-            work.wait()
-        self.wait_seconds += time.perf_counter() - t0
+        with self.waiting.span():
+            for work in works:
+                work.wait()
         if step + 1 < self.total and step + 1 not in self._posted:
             self._post(step + 1, sample_shape)
         return buffer

@@ -9,7 +9,6 @@ same function as the single-process ConAdv, and sends the trainers their slices.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from conadv_repro.distributed.attack_link import (
     weight_steps,
 )
 from conadv_repro.distributed.context import DistContext
+from conadv_repro.distributed.device_time import DeviceTime
 from conadv_repro.engine.determinism import enable_deterministic
 from conadv_repro.engine.trainer import autocast_context, build_network, derive, resolve_device
 from conadv_repro.methods.adversarial import AdversarialMethod
@@ -59,7 +59,7 @@ class AttackWorker:
             mean=self.bundle.mean, std=self.bundle.std, peek=lambda k: None,
             autocast=lambda: autocast_context(cfg, self.device),
             to_device=lambda m: m.to(self.device, channels_last=self.channels_last), dist=ctx))
-        self.attack_seconds = 0.0
+        self.attacking = DeviceTime(self.device)
 
     def run(self, start: int) -> dict[str, Any]:
         """Attack steps [start, total); returns a summary (for logs and the throughput benchmark)."""
@@ -84,15 +84,14 @@ class AttackWorker:
                 snapshots[k] = module
             for k in [k for k in snapshots if k < source]:
                 spares.append(snapshots.pop(k))
-            t0 = time.perf_counter()
             pieces = []
             for _ in range(per_step):
                 micro = next(batches).to(self.device, channels_last=self.channels_last)
                 if micro.key.step != step:
                     raise RuntimeError(f"attack worker data out of step: expected {step}, got {micro.key}")
-                pieces.append(self.attack.adversarial(snapshots[source], micro))
+                with self.attacking.span():
+                    pieces.append(self.attack.adversarial(snapshots[source], micro))
             adversarial = torch.cat(pieces)
-            self.attack_seconds += time.perf_counter() - t0
             sender.send(adversarial)
         sender.wait()
-        return {"status": "finished", "steps": total - start, "attack_s": self.attack_seconds}
+        return {"status": "finished", "steps": total - start, "attack_s": self.attacking.seconds}

@@ -52,7 +52,7 @@ class ConAdvWithWorkers(ConAdv):
     def timings(self) -> dict[str, Any]:
         return {"weights_broadcast_issue_s": self.sender.seconds if self.sender else 0.0,
                 "weights_broadcast_bytes": self.sender.sent_bytes if self.sender else 0,
-                "adversarial_wait_s": self.receiver.wait_seconds if self.receiver else 0.0}
+                "adversarial_wait_s": self.receiver.waiting.seconds if self.receiver else 0.0}
 
     def close(self) -> None:
         try:
