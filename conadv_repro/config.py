@@ -179,7 +179,7 @@ class RuntimeConfig:
     deterministic: bool = _f(False, "deterministic kernels: torch.use_deterministic_algorithms (warn_only), "
                              "CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN deterministic without autotuning; repeatable "
                              "bits on one machine at some speed (docs/gpu-check.md); for the whole process. "
-                             "false: cuDNN autotunes its convolutions on CUDA (every shape of a run is fixed)",
+                             "false: cuDNN autotunes its convolutions on CUDA (a run repeats its shapes)",
                              hashed=False)
     log_every: int = _f(10, "steps between progress lines and metrics rows", positive=True, hashed=False)
     eval_every: int = _f(1, "epochs between test-set evaluations (and always at the end)",

@@ -20,7 +20,9 @@ through both. `source: saved-tensors` is a model from a CPU: the activations one
 DisAdv 2, ConAdv on one GPU 3: its two training branches and the attack on the side stream), plus the
 weights, gradients and LARS momentum (and ConAdv's weight snapshots). It leaves out cuDNN's workspaces and
 the allocator's fragmentation, so it is a lower bound. The noise control and AutoAugment's vanilla
-are read as DisAdv and vanilla.
+are read as DisAdv and vanilla; the official code's third BN branch (`bn.three_way`) holds one forward
+more, counted as one of the method's own. A GPU of `gpu_mem_gb` GiB is taken to hold RESERVE_GIB less
+for a step (the CUDA context, NCCL's buffers, the allocator's slack are not in a measured peak).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ from conadv_repro.errors import UserError
 SCHEMA = 1
 FOLDER = "memory"
 METHODS = ("vanilla", "disadv", "conadv")
+# The forwards whose saved activations a step of each method holds at its peak: DisAdv's attack ends before
+# its two training branches; ConAdv's attack on the side stream runs beside them.
+FORWARDS_HELD = {"vanilla": 1, "disadv": 2, "conadv": 3}
+# What a GPU holds beyond a step's measured peak: the CUDA context, NCCL's buffers, the allocator's slack.
+RESERVE_GIB = 2
 SOURCES = ("peak", "saved-tensors")
 # The methods whose step holds the same activations as a calibrated one.
 READ_AS = {"vanilla": "vanilla", "train_only": "vanilla", "disadv": "disadv", "noise": "disadv", "conadv": "conadv"}
@@ -78,10 +85,16 @@ class MemoryCalibration:
         how = "measured peak" if self.source == "peak" else "model from saved tensors, a lower bound"
         return f"memory calibration {self.path or '(unsaved)'}: {how}, {self.machine}, {self.date}"
 
-    def needed(self, method: str, micro: int) -> float | None:
-        """Bytes of one training step of `method` at `micro` examples per forward, or None if not calibrated."""
-        memory = self.methods.get(READ_AS.get(method, method))
-        return None if memory is None else memory.bytes_at(micro)
+    def needed(self, method: str, micro: int, extra_forwards: int = 0) -> float | None:
+        """Bytes of one training step of `method` at `micro` examples per forward, or None if not calibrated.
+        `extra_forwards`: forwards held beyond the calibrated method's (the official code's third BN branch),
+        each counted as one of the method's own."""
+        name = READ_AS.get(method, method)
+        memory = self.methods.get(name)
+        if memory is None:
+            return None
+        scale = 1.0 + extra_forwards / FORWARDS_HELD[name]
+        return memory.fixed_bytes + memory.bytes_per_image * scale * micro
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "kind": "memory", "model": self.model, "image_size": self.image_size,
@@ -118,7 +131,8 @@ def parse_memory_calibration(data: Any, where: str) -> MemoryCalibration:
     parsed = {}
     for name, values in methods.items():
         if not isinstance(values, dict):
-            raise UserError(f"{where}: methods.{name} is not an object with fixed_bytes and bytes_per_image")
+            raise UserError(f"{where}: methods.{name}={values!r} is not allowed; allowed: an object with "
+                            "fixed_bytes and bytes_per_image")
         parsed[name] = MethodMemory(number(values, "fixed_bytes", f"{where}: methods.{name}."),
                                     number(values, "bytes_per_image", f"{where}: methods.{name}."))
     return MemoryCalibration(image_size=size, source=data["source"], methods=parsed, path=where, **fields)
@@ -138,10 +152,10 @@ def find_memory_calibration(model: str, image_size: int, autocast: str,
 
 
 def largest_fitting_micro(calibration: MemoryCalibration, method: str, capacity_bytes: float, share: int,
-                          group: int) -> int | None:
+                          group: int, extra_forwards: int = 0) -> int | None:
     """The largest micro-batch (whole BN groups, dividing the trainer's `share`) whose step fits, or None."""
     fitting = [m for m in range(group, share + 1, group) if share % m == 0 and
-               (calibration.needed(method, m) or 0.0) <= capacity_bytes]
+               (calibration.needed(method, m, extra_forwards) or 0.0) <= capacity_bytes]
     return max(fitting) if fitting else None
 
 

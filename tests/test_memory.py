@@ -15,7 +15,7 @@ from conadv_repro.errors import UserError
 from conadv_repro.gpu_check.memory import activation_bytes_per_image, saved_tensor_calibration
 from conadv_repro.launch import cli
 from conadv_repro.launch.memory_check import memory_report, memory_warnings
-from conadv_repro.launch.plan import expand
+from conadv_repro.launch.plan import PlannedRun, expand
 from conadv_repro.launch.profiles import Profile
 from conadv_repro.model.split_bn import convert_to_split_bn
 from conadv_repro.registry import load_experiments
@@ -124,7 +124,8 @@ def test_launch_warns_when_a_profiles_gpus_cannot_hold_the_micro_batch(tmp_path,
     profile = Profile(name="big", gpus_per_node=8, gpu_mem_gb=80)
     (warning,) = memory_warnings(runs, profile)
     assert warning.startswith("warning: memory: 7 conadv runs need about 81.8 GiB per GPU at micro-batch 256; "
-                              "profile big's GPUs have 80 GiB; runtime.micro_batch=128 fits"), warning
+                              "profile big's GPUs have 80 GiB (2 GiB of each kept for the CUDA context and NCCL); "
+                              "runtime.micro_batch=128 fits"), warning
     assert "memory/h100.json: measured peak" in warning
     small = memory_warnings(runs, Profile(name="small", gpus_per_node=8, gpu_mem_gb=40))
     assert [w.split(" need")[0] for w in small] == ["warning: memory: 7 disadv runs", "warning: memory: 7 conadv runs"]
@@ -147,4 +148,24 @@ def test_the_estimate_prints_the_memory_warning(tmp_path, monkeypatch, capsys):
                                             "--calibration", "published", "--runs-dir", str(tmp_path / "runs")], capsys)
     assert status == 0, err
     assert "warning: memory: 7 conadv runs need about 81.8 GiB per GPU at micro-batch 256; profile example-gpu's " \
-           "GPUs have 80 GiB; runtime.micro_batch=128 fits" in out, out
+           "GPUs have 80 GiB (2 GiB of each kept for the CUDA context and NCCL); runtime.micro_batch=128 fits" in out, out
+
+
+def test_a_third_bn_branch_a_method_without_calibration_and_a_bad_file_are_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv(CALIBRATIONS_ENV, str(tmp_path / "cal"))
+    # DisAdv at 4 GiB + 0.2 GiB per image: 55.2 GiB at 256; a third forward (bn.three_way) makes it 80.8.
+    save(tmp_path / "cal" / "memory", "h100", calibration())
+    profile = Profile(name="big", gpus_per_node=8, gpu_mem_gb=80)
+    three = [PlannedRun(r.config.replace({"autoaugment": "true", "bn.three_way": "true"}), r.run_dir)
+             for r in paper_runs(tmp_path) if r.config.method == "disadv"]
+    lines = memory_warnings(three, profile)
+    assert len(lines) == 1 and "disadv runs need about 80.8 GiB" in lines[0] and "micro_batch=128 fits" in lines[0]
+    # A calibration without DisAdv: those runs are not checked, and --estimate says so.
+    only_vanilla = calibration(vanilla=(4 * memory_model.GIB, 0.1 * memory_model.GIB))
+    save(tmp_path / "cal" / "memory", "h100", only_vanilla)
+    report = memory_report(paper_runs(tmp_path), profile)
+    assert report[-1].startswith("memory: not checked for conadv on resnet50 at 224 px (bf16), disadv on resnet50"), report
+    # A file that is not a calibration: one warning line, not a refused launch.
+    (tmp_path / "cal" / "memory" / "torn.json").write_text("{")
+    (line,) = memory_warnings(paper_runs(tmp_path), profile)
+    assert line.startswith("warning: memory: not checked (memory calibration ") and "is not valid JSON" in line

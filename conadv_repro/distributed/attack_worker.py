@@ -28,7 +28,7 @@ from conadv_repro.distributed.attack_link import (
 )
 from conadv_repro.distributed.context import DistContext
 from conadv_repro.distributed.device_time import DeviceTime
-from conadv_repro.engine.determinism import enable_deterministic
+from conadv_repro.engine.determinism import configure_kernels
 from conadv_repro.engine.trainer import autocast_context, build_network, derive, resolve_device
 from conadv_repro.methods.adversarial import AdversarialMethod
 from conadv_repro.methods.base import MethodContext
@@ -39,9 +39,8 @@ class AttackWorker:
         self.cfg, self.ctx, self.log = cfg, ctx, log
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
-        if cfg.runtime.deterministic:
-            enable_deterministic()
         self.device = resolve_device(cfg.runtime.device, ctx.local_rank)
+        configure_kernels(cfg.runtime.deterministic, self.device)  # before the first cuBLAS call
         self.channels_last = cfg.runtime.channels_last and self.device.type == "cuda"
         self.bundle = build_data(cfg.data, root=cfg.data_root, image_size=cfg.model.input_size,
                                  autoaugment=cfg.autoaugment, seed=cfg.seed, paired=cfg.bn.three_way,

@@ -80,8 +80,9 @@ class DistContext:
 
     def close(self) -> None:
         if self._heartbeat is not None:
-            self._heartbeat.stop()  # before the teardown: a beat still in the store's client when the process
-            # exits would end it with "terminate called without an active exception"
+            # Joined before the teardown: a beat still inside the store's client when the process exits would
+            # end it with "terminate called without an active exception".
+            self._heartbeat.stop()
         if self.multi and dist.is_initialized():
             dist.destroy_process_group()
 

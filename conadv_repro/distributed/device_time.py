@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
+FOLD_EVERY = 64  # spans kept before the ended ones are added up
+
 
 class DeviceTime:
     def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter):
@@ -38,12 +40,22 @@ class DeviceTime:
         finally:
             end.record()
             self._spans.append((start, end))
+            if len(self._spans) >= FOLD_EVERY:
+                self._fold(wait=False)
 
     @property
     def seconds(self) -> float:
         """The spans' total (on CUDA this waits for the last span to end: read it outside the hot path)."""
-        if self._spans:
-            self._spans[-1][1].synchronize()
-            self._host_s += sum(start.elapsed_time(end) for start, end in self._spans) / 1000.0
-            self._spans = []
+        self._fold(wait=True)
         return self._host_s
+
+    def _fold(self, *, wait: bool) -> None:
+        """Add up the spans that have ended (all of them, waiting, with `wait`), so that a long run keeps
+        only a few events."""
+        if wait and self._spans:
+            self._spans[-1][1].synchronize()
+        ended = 0
+        while ended < len(self._spans) and (wait or self._spans[ended][1].query()):
+            ended += 1  # events of one stream end in order: the ended spans are a prefix
+        self._host_s += sum(start.elapsed_time(end) for start, end in self._spans[:ended]) / 1000.0
+        del self._spans[:ended]

@@ -42,17 +42,17 @@ def default_path(device_name: str) -> Path:
     return folder / f"{slug(device_name)}-gpu-check.json"
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, option: str = "--calibration-out") -> None:
     """Fail before the minutes of measurement rather than when their result cannot be written."""
     if path.is_dir():
-        raise UserError(f"--calibration-out {path}: is a folder; give a file name such as {path / 'mygpu.json'}")
+        raise UserError(f"{option} {path}: is a folder; give a file name such as {path / 'mygpu.json'}")
     if not path.parent.is_dir():
-        raise UserError(f"--calibration-out {path}: the folder {path.parent} does not exist")
+        raise UserError(f"{option} {path}: the folder {path.parent} does not exist")
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise UserError(f"--calibration-out {path}: cannot write in {path.parent} ({error.strerror or error})") from None
+        raise UserError(f"{option} {path}: cannot write in {path.parent} ({error.strerror or error})") from None
 
 
 def calibration_data(plan: Plan, result: SpeedResult, argv: list[str]) -> dict[str, Any]:

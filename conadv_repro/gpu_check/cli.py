@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from conadv_repro.gpu_check.calibration import calibration_section, check_writable, default_path
     from conadv_repro.gpu_check.correctness import deterministic_section, fast_section
     from conadv_repro.gpu_check.device import describe, gpu_name
-    from conadv_repro.gpu_check.memory_section import memory_section
+    from conadv_repro.gpu_check.memory_section import default_memory_path, memory_section
     from conadv_repro.gpu_check.multi_gpu import multi_gpu_section
     from conadv_repro.gpu_check.plan import GPU, SECTIONS, SMOKE
     from conadv_repro.gpu_check.report import Report
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         calibration_path = default_path(gpu_name())
     if "calibration" in sections and calibration_path is not None:
         check_writable(calibration_path)
+    if "memory" in sections and not plan.smoke:
+        check_writable(default_memory_path(gpu_name()), "the memory calibration")
 
     report = Report()
     report.line(f"gpu-check ({plan.name}): {describe(plan.device)}")

@@ -24,11 +24,8 @@ import torch
 from torch import nn
 
 from conadv_repro.gpu_check.device import release, sync
-from conadv_repro.memory_model import MemoryCalibration, MethodMemory, line_through
+from conadv_repro.memory_model import FORWARDS_HELD, MemoryCalibration, MethodMemory, line_through
 
-# The forwards whose saved activations a step of each method holds at its peak: DisAdv's attack ends before
-# its two training branches; ConAdv's attack on the side stream runs beside them.
-FORWARDS_HELD = {"vanilla": 1, "disadv": 2, "conadv": 3}
 # Weights, gradients and LARS's momentum, in float32.
 OPTIMIZER_COPIES = 3
 

@@ -13,7 +13,6 @@ import torch
 from conadv_repro.atomic import atomic_write_json
 from conadv_repro.gpu_check.calibration import FOLDER, slug
 from conadv_repro.gpu_check.memory import (
-    FORWARDS_HELD,
     activation_bytes_per_image,
     peak_bytes,
     peak_calibration,
@@ -22,16 +21,17 @@ from conadv_repro.gpu_check.plan import Plan
 from conadv_repro.gpu_check.report import Report
 from conadv_repro.gpu_check.speed import EngineVariant, precision, speed_config, torchvision_loop
 from conadv_repro.memory_model import FOLDER as MEMORY_FOLDER
-from conadv_repro.memory_model import GIB, MemoryCalibration
+from conadv_repro.memory_model import FORWARDS_HELD, GIB, MemoryCalibration
 
 MIB = 2 ** 20
 PEAK_STEPS = 2
 
 
 def default_memory_path(device_name: str) -> Path:
-    """benchmarks/calibrations/memory/<gpu>-gpu-check.json from a clone's root, else in the working directory."""
+    """benchmarks/calibrations/memory/<gpu>-gpu-check-memory.json from a clone's root, else in the working
+    directory (named apart from the speed calibration, which falls back to the same folder)."""
     folder = FOLDER / MEMORY_FOLDER
-    return (folder if folder.is_dir() else Path(".")) / f"{slug(device_name)}-gpu-check.json"
+    return (folder if folder.is_dir() else Path(".")) / f"{slug(device_name)}-gpu-check-memory.json"
 
 
 def memory_section(plan: Plan, report: Report, argv: list[str], path: Path | None = None,
@@ -61,11 +61,11 @@ def memory_section(plan: Plan, report: Report, argv: list[str], path: Path | Non
     if not write:
         return calibration
 
-    def write() -> str:
+    def write_file() -> str:
         atomic_write_json(path, calibration.to_dict())
         return f"wrote {path}"
 
-    report.check("the memory calibration is written", write)
+    report.check("the memory calibration is written", write_file)
     return calibration
 
 

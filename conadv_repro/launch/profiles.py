@@ -4,7 +4,7 @@
     gpus_per_node = 8          # GPUs per node; a job asks for one per process of its run
     cpus_per_task = 10
     mem_gb = 64                # memory per task
-    gpu_mem_gb = 80            # memory of one GPU; 0: not known (launch and --estimate check no memory)
+    gpu_mem_gb = 80            # memory of one GPU in GiB; 0: not known (launch and --estimate check no memory)
     time_min = 1440            # time limit of a job, minutes
     account = ""               # optional
     qos = ""                   # optional

@@ -21,9 +21,11 @@ Parameters in a group with ``lars_exclude=True`` (BatchNorm parameters and biase
 the trust ratio nor weight decay: the same momentum update with ``trust = 1`` and ``d = g``.
 
 The buffer starts at zero, so the first step stores exactly the update term. No Nesterov, no dampening.
-A step runs per parameter group in `torch._foreach_*` operations (a few multi-tensor kernels on a GPU, the
-trust ratios of all the group's parameters computed at once on the device); on the CPU its results are
-bit-identical to the per-tensor loop of the previous release (tests/reference_lars.py).
+A step runs per parameter group in `torch._foreach_*` operations: the norms, the weight decay, the momentum
+and the update are multi-tensor kernels on a GPU, and the trust ratios of all the group's parameters are
+computed at once on the device (their multiplication, a 0-d tensor per parameter, still launches one
+kernel each). On the CPU the results are bit-identical to the per-tensor loop of the previous release
+(tests/reference_lars.py).
 Unlike the TF reference, `eps=0` stays 0 here (TF silently turns it into about 1e-7); the denominator is
 positive wherever both norms are, and the ratio is 1 elsewhere.
 """
@@ -112,8 +114,7 @@ class LARS(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        """One group's update in foreach ops: a few multi-tensor kernels on a GPU instead of several per
-        parameter, the trust ratios computed on the device for all parameters at once (no host sync)."""
+        """One group's update in foreach ops (see the module docstring), with no host sync."""
         lr, momentum = group["lr"], group["momentum"]
         exclude = group["lars_exclude"]
         lr_inside = group["momentum_form"] == "lr_inside"
