@@ -65,7 +65,7 @@ class MethodMemory:
     fixed_bytes: float
     bytes_per_image: float
 
-    def bytes_at(self, micro: int) -> float:
+    def bytes_at(self, micro: float) -> float:
         return self.fixed_bytes + self.bytes_per_image * micro
 
 
@@ -93,8 +93,8 @@ class MemoryCalibration:
         memory = self.methods.get(name)
         if memory is None:
             return None
-        scale = 1.0 + extra_forwards / FORWARDS_HELD[name]
-        return memory.fixed_bytes + memory.bytes_per_image * scale * micro
+        # Each extra forward holds what one of the method's own does: as many more images' activations.
+        return memory.bytes_at(micro * (1.0 + extra_forwards / FORWARDS_HELD[name]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "kind": "memory", "model": self.model, "image_size": self.image_size,

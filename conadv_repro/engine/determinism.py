@@ -21,8 +21,9 @@ the scoped form for callers that train other runs afterwards (the GPU check, tes
 
 A run that is not deterministic on CUDA autotunes instead (`enable_autotuning`: cuDNN times its
 convolution algorithms at each new shape once and keeps the fastest); a run's training steps repeat the
-same shapes, so the timing is paid in the first steps (and once for evaluation's last, smaller batch). A deterministic run built later in the same process turns it
-off again, and `deterministic_mode()` puts back whatever was set before it.
+same shapes, so the timing is paid in the first steps (and once for evaluation's last, smaller batch). A
+deterministic run built later in the same process turns it off again, and `deterministic_mode()` puts
+back whatever was set before it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
     python -m conadv_repro.gpu_check --cpu-smoke              # the same code, shrunk, on the CPU
 
 Sections: deterministic, fast (section 1, correctness), speed (2), memory (peak memory per method; writes
-the memory calibration), calibration (3, runs the speed measurements it needs), multi-gpu (4). Exit status: 0 when every check passed (a missed speed goal is
-reported, not failed), 1 when one failed, 2 when the check cannot run here (no GPU, bad arguments).
+the memory calibration), calibration (3, runs the speed measurements it needs), multi-gpu (4). Exit
+status: 0 when every check passed (a missed speed goal is reported, not failed), 1 when one failed, 2 when
+the check cannot run here (no GPU, bad arguments).
 """
 
 from __future__ import annotations

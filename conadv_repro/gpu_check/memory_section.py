@@ -1,7 +1,7 @@
 """Section: memory. Per method, the peak GPU memory of a training step at the plan's micro-batches (bf16,
 channels_last, ResNet-50 at 224 px on a GPU), and the activations our network saves for backward against
 torchvision's. On a GPU it writes the memory calibration `launch` and `--estimate` read
-(benchmarks/calibrations/memory/<gpu>-gpu-check.json); the CPU smoke runs the same steps and reports the
+(benchmarks/calibrations/memory/<gpu>-gpu-check-memory.json); the CPU smoke runs the same steps and reports the
 saved bytes (a CPU has no allocator peak to read)."""
 
 from __future__ import annotations
@@ -102,11 +102,8 @@ def _steps(plan: Plan, method: str) -> str:
 
 
 def _peaks(plan: Plan, method: str, peaks: dict[str, dict[int, int]]) -> str:
-    points: dict[int, int] = {}
-    for micro in plan.memory_micro_batches:
-        device = torch.device("cuda")
-        points[micro] = peak_bytes(lambda m=micro: EngineVariant(speed_config(plan, m, method)),
-                                   plan.warmup_steps, PEAK_STEPS, device)
+    points = {micro: peak_bytes(lambda m=micro: EngineVariant(speed_config(plan, m, method)),
+                                plan.warmup_steps, PEAK_STEPS, torch.device("cuda"))
+              for micro in plan.memory_micro_batches}
     peaks[method] = points
-    shown = ", ".join(f"{peak / GIB:.1f} GiB at {micro}" for micro, peak in points.items())
-    return shown
+    return ", ".join(f"{peak / GIB:.1f} GiB at {micro}" for micro, peak in points.items())

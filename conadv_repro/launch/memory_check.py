@@ -43,8 +43,8 @@ class _Calibrations:
         self.found: dict[tuple[str, int, str], memory_model.MemoryCalibration | None] = {}
         self.problems: list[str] = []
 
-    def of(self, cfg: Config) -> memory_model.MemoryCalibration | None:
-        key = (cfg.model.name, throughput_model.network_of_config(cfg.flat()).image_size, cfg.runtime.autocast)
+    def of(self, key: tuple[str, int, str]) -> memory_model.MemoryCalibration | None:
+        """The calibration of (model name, image size, autocast), or None."""
         if key not in self.found:
             try:
                 self.found[key] = memory_model.find_memory_calibration(*key)
@@ -72,10 +72,10 @@ def _check(runs: list[PlannedRun], profile: Profile) -> tuple[list[str], set[str
     by_path: dict[str, memory_model.MemoryCalibration] = {}
     for run in runs:
         cfg = run.config
-        calibration = calibrations.of(cfg)
+        network = (cfg.model.name, throughput_model.network_of_config(cfg.flat()).image_size, cfg.runtime.autocast)
+        calibration = calibrations.of(network)
         held, share, micro, extra = step_layout(cfg)
-        size = throughput_model.network_of_config(cfg.flat()).image_size
-        what = f"{cfg.model.name} at {size} px ({cfg.runtime.autocast})"
+        what = "{} at {} px ({})".format(*network)
         needed = None if calibration is None else calibration.needed(held, micro, extra)
         if needed is None:
             unchecked.add(what if calibration is None else f"{held} on {what}")

@@ -96,14 +96,6 @@ class SplitBatchNorm2d(nn.Module):
         """The recorded sums and counts (for an all-reduce across ranks before the commit)."""
         return {f"_pending_{b}": self.pending(b) for b in self.branches}
 
-    def commit(self) -> None:
-        """Fold the mean of the recorded group statistics into the running statistics, then reset.
-        Branches that recorded nothing keep their statistics."""
-        commit_bn_statistics(self)
-
-    def discard(self) -> None:
-        discard_bn_statistics(self)
-
 
 def split_bn_modules(model: nn.Module) -> Iterator[SplitBatchNorm2d]:
     return (m for m in model.modules() if isinstance(m, SplitBatchNorm2d))
