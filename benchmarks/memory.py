@@ -7,10 +7,13 @@ For each network (default: resnet50 and resnet18, at --size px, batch --batch, B
    autocast. Goal for resnet50: at most 1.05x torchvision's.
 2. Time: one forward and backward in fp32, ours and torchvision's in alternating rounds (the order
    alternates too) after a warm-up; the median of the rounds' ratios, their spread and the ratio of the
-   fastest rounds (the least disturbed on a shared machine), on a CPU at one
-   torch thread and at torch's default, with the minor page faults of a step (glibc returning memory to
-   the system and taking it back, which a GPU's caching allocator does not do). Goal for resnet50: at most
-   1.05. (bf16 on a CPU without bf16 units would measure the CPU, not the code.)
+   fastest rounds (the least disturbed on a shared machine), on a CPU at one torch thread and at torch's
+   default, with the minor page faults of a step. Twice on a CPU (--heap): with glibc's heap as it is,
+   which returns large freed blocks to the system and faults their pages in again at the next
+   allocation, and then with glibc told to keep what is freed, as a GPU's caching allocator does (the
+   split BN allocates its groups' outputs before joining them, so it meets that cost more than
+   torchvision's BatchNorm). Goal for resnet50: at most 1.05. (bf16 on a CPU without bf16 units would
+   measure the CPU, not the code.)
 3. On CUDA: the peak memory of one train step per method (vanilla, DisAdv, ConAdv on the side stream) at
    micro-batches 128 and 256, ResNet-50 at 224 px in bf16 channels_last (gpu-check's memory section).
 
@@ -26,6 +29,7 @@ bytes ResNet-50 saves at 224 px under bf16 (a lower bound: conadv_repro/memory_m
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import statistics
@@ -93,6 +97,23 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)
+HEAPS = ("stock", "caching", "both")
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep what is freed, as a GPU's caching allocator keeps its blocks: no trimming of the heap's
+    top and no mmap for large blocks (whose munmap makes the next allocation fault its pages in again).
+    Process-wide and for good, so it comes after the stock rows. False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in
+               ((M_MMAP_THRESHOLD, 2 ** 30), (M_TRIM_THRESHOLD, 2 ** 31 - 1), (M_TOP_PAD, 2 ** 28)))
+
+
 def time_ratio(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, rounds: int, warmup: int) -> dict[str, float]:
     steps = {"ours": forward_backward(ours, x), "theirs": forward_backward(theirs, x)}
     seconds: dict[str, list[float]] = {"ours": [], "theirs": []}
@@ -114,7 +135,7 @@ def time_ratio(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, rounds: int,
             "ours_faults": statistics.median(faults["ours"]), "theirs_faults": statistics.median(faults["theirs"])}
 
 
-def measure(name: str, args: argparse.Namespace, device: torch.device, thread_counts: list[int]) -> None:
+def measure_bytes(name: str, args: argparse.Namespace, device: torch.device) -> None:
     ours, theirs = networks(name, args.group, device)
 
     def make(batch: int) -> torch.Tensor:
@@ -129,15 +150,21 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, thread_co
         verdict = f"(goal <= {GOAL}: {'met' if mine / plain <= GOAL else 'MISSED'})" if name == "resnet50" else ""
         print(f"  saved for backward, {'bf16 autocast' if bf16 else 'fp32':13s}: {mine / MIB:7.3f} MiB/image, "
               f"torchvision {plain / MIB:7.3f} MiB/image, ratio {mine / plain:.3f} {verdict}")
+
+
+def measure_time(name: str, args: argparse.Namespace, device: torch.device, thread_counts: list[int],
+                 heap: str) -> None:
+    ours, theirs = networks(name, args.group, device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     for threads in thread_counts if device.type == "cpu" else [0]:
         if threads:
             torch.set_num_threads(threads)
-        timing = time_ratio(ours, theirs, make(args.batch), args.rounds, args.warmup)
+        timing = time_ratio(ours, theirs, x, args.rounds, args.warmup)
         verdict = f"(goal <= {GOAL}: {'met' if timing['ratio'] <= GOAL else 'MISSED'})" if name == "resnet50" else ""
         where = f" {threads} thread{'s' if threads > 1 else ''}," if threads else ""
         faults = (f"; minor page faults per step {timing['ours_faults']:,.0f}, torchvision "
                   f"{timing['theirs_faults']:,.0f}") if device.type == "cpu" else ""
-        print(f"  forward+backward fp32,{where} {timing['ours_s'] * 1e3:7.1f} ms, torchvision "
+        print(f"  {name} forward+backward fp32,{where} {heap} heap: {timing['ours_s'] * 1e3:7.1f} ms, torchvision "
               f"{timing['theirs_s'] * 1e3:7.1f} ms; ratio {timing['ratio']:.3f} (median of {args.rounds} rounds, "
               f"{timing['low']:.3f}-{timing['high']:.3f}; fastest rounds {timing['fastest']:.3f}) {verdict}{faults}")
 
@@ -164,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=at_least_one, default=2, help="untimed rounds first (default 2)")
     parser.add_argument("--threads", type=thread_list, default=None, metavar="N[,N]",
                         help="torch CPU threads of the timing, each in turn (default: 1 and torch's default)")
+    parser.add_argument("--heap", choices=HEAPS, default="both",
+                        help="on a CPU, time with glibc's heap as it is (stock), keeping freed memory as a GPU's "
+                             "caching allocator does (caching), or both in turn (default)")
     parser.add_argument("--save", type=calibration_name, default=None, metavar="NAME",
                         help="write benchmarks/calibrations/memory/NAME.json for launch and --estimate")
     args = parser.parse_args(argv)
@@ -186,7 +216,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"memory benchmark on {where}; torch {torch.__version__}, torchvision {torchvision.__version__}")
     for name in models:
-        measure(name, args, device, thread_counts)
+        measure_bytes(name, args, device)
+    if device.type == "cuda":
+        for name in models:
+            measure_time(name, args, device, [0], "caching")
+    else:
+        if args.heap in ("stock", "both"):
+            for name in models:
+                measure_time(name, args, device, thread_counts, "stock")
+        if args.heap in ("caching", "both"):
+            if keep_freed_memory():
+                for name in models:
+                    measure_time(name, args, device, thread_counts, "caching")
+            else:
+                print("  (no caching-heap rows: the C library is not glibc)")
     if device.type == "cuda":
         from conadv_repro.gpu_check.memory_section import memory_section
         from conadv_repro.gpu_check.plan import GPU

@@ -9,8 +9,11 @@ The weights: the attack of step s uses theta_(src(s)), src(s) = max(s - tau, 0).
 each needed theta_k exactly once, in increasing k, to the group {trainer 0} + workers: at start-up the
 ones the checkpoint's snapshots hold (k <= the start step), then theta_(s+1) right after the update of
 step s. The workers derive the same sequence, so no step numbers need to be agreed on; each broadcast
-still carries its step in a small header, checked on arrival, and a header with kind STOP ends the
-workers early (the trainers stopped: lock lost, divergence, failure).
+still carries its kind and step in a header at the front of the same buffer (one collective per theta),
+and a header of kind STOP ends the workers early (the trainers stopped: lock lost, divergence, failure).
+A worker reads the header from a pinned copy only after it has queued the attack that uses the weights,
+so on a GPU the device is never left idle while the host waits for it; the header is checked before
+anything is sent.
 
 Timeline with tau=1: while the trainers run step t on clean_t and adv_t, the workers, holding theta_t
 (broadcast after step t-1), attack batch t+1 and send it; the trainers pre-post the receives of step
@@ -69,6 +72,10 @@ def weight_tensors(model: nn.Module) -> list[Tensor]:
     return [t for t in model.state_dict().values() if t.is_floating_point()]
 
 
+def weights_numel(model: nn.Module) -> int:
+    return sum(t.numel() for t in weight_tensors(model))
+
+
 def flatten(model: nn.Module) -> Tensor:
     return torch.cat([t.detach().reshape(-1).float() for t in weight_tensors(model)])
 
@@ -83,11 +90,24 @@ def unflatten_into(flat: Tensor, model: nn.Module) -> None:
         raise RuntimeError(f"weight broadcast of {flat.numel()} values for a network of {offset}")
 
 
+HEADER = 2  # float32 slots at the front of a broadcast holding (kind, step) as int32 bits: exact, and one collective
+
+
+def packet(kind: int, step: int, model: nn.Module | None, numel: int, device: torch.device) -> Tensor:
+    """What trainer 0 broadcasts: the header, then theta (zeros after STOP, which carries no weights).
+    The header goes up from pinned memory without blocking: trainer 0 builds this right after its update."""
+    header = torch.tensor([kind, step], dtype=torch.int32, pin_memory=device.type == "cuda")
+    head = header.view(torch.float32).to(device, non_blocking=True)
+    if model is None:
+        return torch.cat([head, torch.zeros(numel, dtype=torch.float32, device=device)])
+    return torch.cat([head, *(t.detach().reshape(-1).float() for t in weight_tensors(model))])
+
+
 class WeightsSender:
     """Trainer 0's side of the broadcast (asynchronous: the trainer goes on with its next step)."""
 
-    def __init__(self, ctx: DistContext, device: torch.device, start: int, total: int, tau: int):
-        self.ctx, self.device = ctx, device
+    def __init__(self, ctx: DistContext, device: torch.device, start: int, total: int, tau: int, numel: int):
+        self.ctx, self.device, self.numel = ctx, device, numel
         self.queue = weight_steps(start, total, tau) if ctx.rank == 0 else []
         self._works: list[Any] = []
         self._keep: list[Tensor] = []
@@ -98,7 +118,7 @@ class WeightsSender:
         """Send theta_step if the workers need it next."""
         if self.queue and self.queue[0] == step:
             self.queue.pop(0)
-            self._send(WEIGHTS, step, flatten(model).to(self.device))
+            self._send(WEIGHTS, step, model)
 
     def stop(self) -> None:
         """Tell the workers that no more weights will come (the trainers stopped early)."""
@@ -106,17 +126,13 @@ class WeightsSender:
             self.queue = []
             self._send(STOP, -1, None)
 
-    def _send(self, kind: int, step: int, flat: Tensor | None) -> None:
+    def _send(self, kind: int, step: int, model: nn.Module | None) -> None:
         t0 = time.perf_counter()
         self.wait()
-        header = torch.tensor([kind, step], dtype=torch.int64, device=self.device)
-        group = self.ctx.weights_group
-        self._works.append(dist.broadcast(header, src=0, group=group, async_op=True))
-        self._keep = [header]
-        if flat is not None:
-            self._works.append(dist.broadcast(flat, src=0, group=group, async_op=True))
-            self._keep.append(flat)
-            self.sent_bytes += flat.numel() * flat.element_size()
+        out = packet(kind, step, model, self.numel, self.device)
+        self._works.append(dist.broadcast(out, src=0, group=self.ctx.weights_group, async_op=True))
+        self._keep = [out]
+        self.sent_bytes += out.numel() * out.element_size()
         self.seconds += time.perf_counter() - t0
 
     def wait(self) -> None:
@@ -126,23 +142,39 @@ class WeightsSender:
 
 
 class WeightsReceiver:
-    """A worker's side: the next broadcast weights, into a network."""
+    """A worker's side: broadcast weights into networks, their headers checked later (`confirm`)."""
 
     def __init__(self, ctx: DistContext, device: torch.device, numel: int):
         self.ctx, self.device = ctx, device
-        self.flat = torch.empty(numel, dtype=torch.float32, device=device)
+        self.packet = torch.empty(HEADER + numel, dtype=torch.float32, device=device)
+        self._cuda = device.type == "cuda"
+        self._unchecked: list[tuple[int, Tensor, Any]] = []  # (expected step, host header, copy's event)
 
-    def receive(self, expected_step: int, into: nn.Module) -> bool:
-        """True with theta_expected_step copied into `into`; False when the trainers sent STOP."""
-        header = torch.empty(2, dtype=torch.int64, device=self.device)
-        dist.broadcast(header, src=0, group=self.ctx.weights_group)
-        kind, step = header.tolist()
-        if kind == STOP:
-            return False
-        if step != expected_step:
-            raise RuntimeError(f"attack worker expected the weights of step {expected_step}, got step {step}")
-        dist.broadcast(self.flat, src=0, group=self.ctx.weights_group)
-        unflatten_into(self.flat, into)
+    def post(self, expected_step: int, into: nn.Module) -> None:
+        """Queue the receipt of theta_expected_step into `into`, without waiting for it on the host (on a
+        GPU the copy into `into` is ordered after the broadcast on the stream). `confirm` checks it."""
+        dist.broadcast(self.packet, src=0, group=self.ctx.weights_group)
+        header = torch.empty(HEADER, dtype=torch.int32, pin_memory=self._cuda)
+        header.copy_(self.packet[:HEADER].view(torch.int32), non_blocking=self._cuda)
+        event = None
+        if self._cuda:
+            event = torch.cuda.Event()
+            event.record()
+        unflatten_into(self.packet[HEADER:], into)
+        self._unchecked.append((expected_step, header, event))
+
+    def confirm(self) -> bool:
+        """Whether every posted receipt held the weights expected; False once the trainers sent STOP (the
+        networks posted since then hold no weights). Waits for the headers only, not for later work."""
+        unchecked, self._unchecked = self._unchecked, []
+        for expected, header, event in unchecked:
+            if event is not None:
+                event.synchronize()
+            kind, step = header.tolist()
+            if kind == STOP:
+                return False
+            if step != expected:
+                raise RuntimeError(f"attack worker expected the weights of step {expected}, got step {step}")
         return True
 
 

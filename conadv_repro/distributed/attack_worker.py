@@ -22,9 +22,9 @@ from conadv_repro.data.sampler import BatchPlan
 from conadv_repro.distributed.attack_link import (
     AdversarialSender,
     WeightsReceiver,
-    flatten,
     source_step,
     weight_steps,
+    weights_numel,
 )
 from conadv_repro.distributed.context import DistContext
 from conadv_repro.distributed.device_time import DeviceTime
@@ -64,7 +64,7 @@ class AttackWorker:
         """Attack steps [start, total); returns a summary (for logs and the throughput benchmark)."""
         cfg, total, tau = self.cfg, self.derived.total_steps, self.cfg.conadv.tau
         queue = weight_steps(start, total, tau)
-        receiver = WeightsReceiver(self.ctx, self.device, flatten(self.network).numel())
+        receiver = WeightsReceiver(self.ctx, self.device, weights_numel(self.network))
         sender = AdversarialSender(self.ctx, cfg.batch_size)
         batches = train_micro_batches(self.bundle, self.plan, start_step=start, end_step=total,
                                       micro_size=self.micro, rank=self.ctx.attacker_index,
@@ -76,10 +76,11 @@ class AttackWorker:
         for step in range(start, total):
             source = source_step(step, tau)
             while source not in snapshots:
+                if not receiver.confirm():  # the receipt before this one must not have been a STOP
+                    return {"status": "stopped", "steps": step - start}
                 k = queue.pop(0)
                 module = spares.pop() if spares else copy.deepcopy(self.network)
-                if not receiver.receive(k, module):
-                    return {"status": "stopped", "steps": step - start}
+                receiver.post(k, module)
                 snapshots[k] = module
             for k in [k for k in snapshots if k < source]:
                 spares.append(snapshots.pop(k))
@@ -91,6 +92,10 @@ class AttackWorker:
                 with self.attacking.span():
                     pieces.append(self.attack.adversarial(snapshots[source], micro))
             adversarial = torch.cat(pieces)
+            # The attack is queued; only now does the host wait, for the weights' header: a STOP means the
+            # trainers are gone and nothing may be sent to them.
+            if not receiver.confirm():
+                return {"status": "stopped", "steps": step - start}
             sender.send(adversarial)
         sender.wait()
         return {"status": "finished", "steps": total - start, "attack_s": self.attacking.seconds}

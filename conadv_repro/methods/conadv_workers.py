@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from conadv_repro.data.loader import MicroBatch
-from conadv_repro.distributed.attack_link import AdversarialReceiver, WeightsSender
+from conadv_repro.distributed.attack_link import AdversarialReceiver, WeightsSender, weights_numel
 from conadv_repro.methods.base import Branch, MethodContext
 from conadv_repro.methods.conadv import ConAdv
 
@@ -28,7 +28,8 @@ class ConAdvWithWorkers(ConAdv):
 
     def begin(self, start_step: int, total_steps: int) -> None:
         ctx = self.ctx
-        self.sender = WeightsSender(ctx.dist, ctx.device, start_step, total_steps, self.tau)
+        self.sender = WeightsSender(ctx.dist, ctx.device, start_step, total_steps, self.tau,
+                                    weights_numel(ctx.model))
         self.receiver = AdversarialReceiver(ctx.dist, ctx.device, ctx.cfg.batch_size, total_steps)
         for step in sorted(self.snapshots):
             self.sender.offer(step, self.snapshots[step])
