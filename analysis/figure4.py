@@ -31,6 +31,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.figures import runs_by_use, scale_note  # noqa: E402
+from analysis.records import mixed_layout  # noqa: E402
 from conadv_repro.atomic import read_json_dict, read_jsonl  # noqa: E402
 from conadv_repro.batch_sizes import parse_batch  # noqa: E402
 from conadv_repro.launch.plan import PlannedRun  # noqa: E402
@@ -79,6 +80,7 @@ class Point:
     images_per_ms: list[float] = field(default_factory=list)
     setups: list[str] = field(default_factory=list)  # what each measured run recorded
     devices: list[str] = field(default_factory=list)
+    mixed_layout: list[str] = field(default_factory=list)  # finished runs flagged, not measured
 
     @property
     def x(self) -> float:
@@ -119,11 +121,14 @@ def figure4_points(experiment: Experiment, runs: Iterable[PlannedRun], records: 
             point.statuses.append(status)
             if status != "finished":
                 continue
+            record = read_json_dict(Path(str(row["run_dir"])) / RECORD_FILE) or {}
+            if mixed_layout(record):  # resumed on another layout: its throughput measures none of them
+                point.mixed_layout.append(run.run_id)
+                continue
             rate = run_images_per_s(Path(str(row["run_dir"])))
             if rate is None:
                 continue
             point.images_per_ms.append(rate / 1000.0)
-            record = read_json_dict(Path(str(row["run_dir"])) / RECORD_FILE) or {}
             point.setups.append(_setup(record))
             device = row.get("device")
             if isinstance(device, str) and device:
@@ -271,4 +276,8 @@ def draw_figure4(experiment: Experiment, runs: Iterable[PlannedRun], records: pd
     stated = sum(1 for p in points if p.paper is not None)
     line = (f"figure4: {measured} of {len(points)} points measured at the {scale} scale on {hardware(points)} "
             f"(the paper's {stated} stated points beside them; model from {calibration.describe()})")
+    mixed = [run_id for p in points for run_id in p.mixed_layout]
+    if mixed:
+        line += (f"; not measured: {len(mixed)} run{'s' if len(mixed) != 1 else ''} resumed on another layout "
+                 f"({', '.join(mixed[:5])})")
     return figure4(experiment, points, scale, calibration), line

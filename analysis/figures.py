@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ SCALE_NOTES = {
 # Legend titles of columns that are not batch sizes (Table 5's "p=3").
 COLUMN_TITLES = {"p": "perturbation p\n(0-255 pixel units)"}
 ROW_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+# Figure 2's "not run" marks: heights in axes fractions (0 is the bottom of the plot), one step per row.
+NOT_RUN_Y = 0.03
+NOT_RUN_STEP = 0.04
 
 
 def scale_note(scale: str) -> str:
@@ -146,6 +149,13 @@ def figure2(experiment: Experiment, cells: list[CellRuns], scale: str) -> Figure
             ax.errorbar(x, mean, yerr=[0.0 if math.isnan(s) else s for s in std], linestyle="-",
                         linewidth=2.0, marker=marker, markersize=8, color=colour, markerfacecolor=colour,
                         markeredgecolor=colour, capsize=4, label=label)
+        not_run = [col for col, (m, _) in zip(columns, ours, strict=True) if math.isnan(m)]
+        if not_run:
+            # A point without a finished run would otherwise just be absent, which reads as "not in the
+            # paper": mark it at the bottom of the axis, one height per row so that two rows stay apart.
+            ax.plot([xs[col] for col in not_run], [NOT_RUN_Y + NOT_RUN_STEP * i] * len(not_run), linestyle="none",
+                    marker="x", markersize=9, markeredgewidth=2.0, color=colour, transform=ax.get_xaxis_transform(),
+                    clip_on=False, label=f"{row}: ours, not run (no finished run) at {', '.join(not_run)}")
     ax.set_xticks([xs[col] for col in columns])
     ax.set_xticklabels([_batch_label(batch_of[col].paper_batch, batch_of[col].batch_size, scale)
                         for col in columns])
@@ -205,19 +215,33 @@ def curves_of(cells: list[CellRuns]) -> list[Curve]:
     return out
 
 
+def column_colours(columns: Sequence[str]) -> dict[str, Any]:
+    """A clearly distinct colour per column from a qualitative map, by the column's rank in size (batch
+    sizes; else the declared order, Table 5's p): a continuous map gave 1k, 4k and 8k nearly one colour.
+    Ranked over all of an experiment's columns, so a column keeps its colour as more runs finish."""
+    try:
+        ordered = sorted(columns, key=parse_batch)
+    except ValueError:
+        ordered = list(columns)
+    if len(ordered) <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return {col: cmap(rank) for rank, col in enumerate(ordered)}
+    # tab20 pairs a dark and a light shade of each hue: the ten dark ones first, then the light ones, so
+    # that neighbouring ranks never share a hue.
+    cmap = matplotlib.colormaps["tab20"]
+    return {col: cmap((2 * rank) % 20 + (2 * rank) // 20 % 2) for rank, col in enumerate(ordered)}
+
+
 def curves_figure(experiment: Experiment, curves: list[Curve], scale: str) -> Figure:
-    """One subplot per row of the experiment (rows with a finished run), one line per column, the
-    columns coloured in order (batch size, or the perturbation for Table 5)."""
+    """One subplot per row of the experiment (rows with a finished run), one line per column, each
+    column its own colour (`column_colours`)."""
     rows = [row for row in experiment.rows if any(c.row == row for c in curves)]
     ncols = min(3, len(rows))
     nrows = math.ceil(len(rows) / ncols)
     fig = Figure(figsize=(3.9 * ncols + 1.9, 3.2 * nrows + 1.1), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
-    cmap = matplotlib.colormaps["viridis"]
-    # Colour the columns that have a line in their order (darker = smaller batch or p), spread over the
-    # whole colour map so that two neighbouring batch sizes stay apart.
     columns = [col for col in experiment.columns if any(c.column == col for c in curves)]
-    colour_of = {col: cmap(0.85 * i / max(1, len(columns) - 1)) for i, col in enumerate(columns)}
+    colour_of = column_colours(experiment.columns)
     is_batch = all(c.column == c.paper_batch for c in curves)
     handles: dict[str, Any] = {}
     for index, row in enumerate(rows):
@@ -250,9 +274,11 @@ def curves_figure(experiment: Experiment, curves: list[Curve], scale: str) -> Fi
             continue
         if index % ncols == 0:
             ax.set_ylabel("test top-1 (%)")
+        # Every panel shows its epochs: sharex hides them above another panel, which left a panel with a
+        # labelled neighbour (nothing below it) looking unlabelled, e.g. Table 1's first of four.
+        ax.xaxis.set_tick_params(labelbottom=True)
         if index // ncols == nrows - 1 or index + ncols >= len(rows):
             ax.set_xlabel("epoch (passes over the training set)")
-            ax.xaxis.set_tick_params(labelbottom=True)
     ordered = [handles[col] for col in columns if col in handles]
     if is_batch:
         legend_title = "paper batch" if scale == "paper" else "paper batch\n(trained batch)"

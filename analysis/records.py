@@ -46,10 +46,39 @@ def run_row(run_dir: Path, jobs: SlurmJobs | None = None) -> dict[str, Any] | No
     row["steps_done"] = record.get("steps_done")
     row["total_steps"] = record.get("total_steps")
     row["attempts"] = record.get("attempts")
+    row["mixed_layout"] = mixed_layout(record) if record else False
     row["device"] = (record.get("environment") or {}).get("device_name")
     derived = record.get("derived") or (stored or {}).get("derived") or {}
     row.update({f"derived.{key}": value for key, value in derived.items()})
     return row
+
+
+def trained_layouts(record: dict[str, Any]) -> list[str]:
+    """The layouts ("2 trainers + 1 attack worker, cuda") that trained the steps a run kept, in order, each
+    once: an attempt counts when the next one resumed past its start (its checkpoints were kept). Records
+    older than the per-attempt `layouts` give their one `distributed` entry."""
+    entries = sorted(record.get("layouts") or [], key=lambda e: int(e.get("attempt", 0)))
+    if not entries:
+        entries = [{**(record.get("distributed") or {}), "from_step": 0}]
+    kept = [e for i, e in enumerate(entries)
+            if i == len(entries) - 1 or int(entries[i + 1].get("from_step", 0)) > int(e.get("from_step", 0))]
+    names: list[str] = []
+    for entry in kept:
+        trainers, workers = int(entry.get("trainers") or 1), int(entry.get("attack_workers") or 0)
+        name = f"{trainers} trainer{'s' if trainers != 1 else ''}"
+        if workers:
+            name += f" + {workers} attack worker{'s' if workers != 1 else ''}"
+        if entry.get("device"):
+            name += f", {entry['device']}"
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def mixed_layout(record: dict[str, Any]) -> bool:
+    """Whether a run was trained on more than one layout (resumed on another number of GPUs): its wall time
+    measures no one layout, so Table 3 and Figure 4 flag it instead of timing it."""
+    return len(trained_layouts(record)) > 1
 
 
 def _flatten(nested: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.records import load_curves
+from analysis.records import load_curves, mixed_layout, trained_layouts
 from analysis.tables import to_latex, to_markdown
 from conadv_repro.atomic import atomic_write_text, read_json_dict
 from conadv_repro.launch.plan import PlannedRun, expand, parse_sets
@@ -70,6 +70,11 @@ class RunTiming:
     attack_workers: int = 0
     backend: str | None = None
     device: str | None = None
+    layouts: tuple[str, ...] = ()  # with more than one: resumed on another layout, flagged and not timed
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.layouts) > 1
 
     @property
     def reached(self) -> bool:
@@ -112,7 +117,8 @@ def run_timing(row: Mapping[str, Any], target: float) -> RunTiming:
         executor=(record.get("executor") or "none") if "executor" in record else None,
         world_size=int(dist.get("world_size") or 1), trainers=int(dist.get("trainers") or 1),
         attack_workers=int(dist.get("attack_workers") or 0), backend=dist.get("backend"),
-        device=row.get("device") if isinstance(row.get("device"), str) else None)
+        device=row.get("device") if isinstance(row.get("device"), str) else None,
+        layouts=tuple(trained_layouts(record)) if mixed_layout(record) else ())
 
 
 def seconds(value: float) -> str:
@@ -136,8 +142,13 @@ class Table3Cell:
     statuses: list[str]
     timings: list[RunTiming] = field(default_factory=list)  # the finished runs
 
+    @property
+    def timed(self) -> list[RunTiming]:
+        """The finished runs trained on one layout throughout: the ones whose times count."""
+        return [t for t in self.timings if not t.mixed]
+
     def values(self, metric: str) -> list[float]:
-        out = [getattr(t, metric) for t in self.timings]
+        out = [getattr(t, metric) for t in self.timed]
         return [float(v) for v in out if v is not None]
 
     def mean(self, metric: str) -> float | None:
@@ -163,20 +174,27 @@ class Table3Cell:
         return "n/a" if self.paper is None else seconds(self.paper)
 
     def text(self, metric: str) -> str:
+        mixed = len(self.timings) - len(self.timed)
+        flag = f" ({mixed} run{'s' if mixed != 1 else ''} resumed on another layout, not timed)" if mixed else ""
+        return self._text(metric) + flag
+
+    def _text(self, metric: str) -> str:
         paper = self.paper_text(metric)
-        if not self.timings:
+        if self.timings and not self.timed:
+            return f"not timed / {paper}"
+        if not self.timed:
             waiting = sorted({s for s in self.statuses if s not in ("finished", "missing")})
             return f"missing ({', '.join(waiting)}) / {paper}" if waiting else f"missing / {paper}"
         values = self.values(metric)
         if not values:
             ours = "not reached" if metric == "time_to_target_s" else "n/a"
-            if metric == "time_to_target_s" and len(self.timings) > 1:
-                ours += f" (0 of {len(self.timings)} reached)"
+            if metric == "time_to_target_s" and len(self.timed) > 1:
+                ours += f" (0 of {len(self.timed)} reached)"
             return f"{ours} / {paper}"
         mean, std = _mean_std(values)
         ours = seconds(mean) if std is None else f"{seconds(mean)}±{seconds(std)} (n={len(values)})"
-        if metric == "time_to_target_s" and len(values) < len(self.timings):
-            ours += f" ({len(values)} of {len(self.timings)} reached)"
+        if metric == "time_to_target_s" and len(values) < len(self.timed):
+            ours += f" ({len(values)} of {len(self.timed)} reached)"
         diff = self.diff(metric)
         return f"{ours} / {paper}" + ("" if diff is None else f" ({'+' if diff >= 0 else '-'}{seconds(abs(diff))})")
 
@@ -218,7 +236,9 @@ def runs_layout(cells: list[Table3Cell]) -> pd.DataFrame:
             rows.append([t.run_id, "not reached" if t.time_to_target_s is None else seconds(t.time_to_target_s),
                          "n/a" if t.wall_time_s is None else seconds(t.wall_time_s),
                          "n/a" if t.final_top1 is None else f"{t.final_top1:.2f}",
-                         t.executor or "unrecorded", t.setup(), t.device or "unrecorded"])
+                         t.executor or "unrecorded",
+                         t.setup() if not t.mixed else "mixed, not timed: " + " then ".join(t.layouts),
+                         t.device or "unrecorded"])
     return pd.DataFrame(rows, index=labels, columns=["run", "time to target", "total", "final top-1", "executor",
                                                      "devices", "hardware"])
 
@@ -230,7 +250,8 @@ def long_form(cells: list[Table3Cell], scale: str, target: float) -> pd.DataFram
             out.append({
                 "experiment": NAME, "row": cell.row, "column": cell.column, "metric": metric, "scale": scale,
                 "target_top1": target, "ours_mean": cell.mean(metric), "ours_std": cell.std(metric),
-                "runs_finished": len(cell.timings), "runs_reached": sum(t.reached for t in cell.timings),
+                "runs_finished": len(cell.timings), "runs_reached": sum(t.reached for t in cell.timed),
+                "runs_mixed_layout": len(cell.timings) - len(cell.timed),
                 "runs": len(cell.run_ids), "paper": cell.paper_for(metric),
                 "paper_not_reached": cell.paper_not_reached and metric == "time_to_target_s",
                 "diff": cell.diff(metric), "run_ids": " ".join(cell.run_ids), "statuses": " ".join(cell.statuses),

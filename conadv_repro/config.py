@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,15 +45,18 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
 }
 METHODS = tuple(METHOD_KEYS)
 METHOD_SPECIFIC = ("attack.", "conadv.", "bn.three_way")
+# The built-in datasets read from data_root (a user's pkg.module:build is given it too); digits is embedded.
+ROOTED_DATA = ("cifar10", "imagenet")
 
 
 def _f(default: Any, help: str, *, choices: Iterable[Any] | None = None, minimum: float | None = None,
        maximum: float | None = None, positive: bool = False, batch: bool = False, hashed: bool = True,
-       open_choices: bool = False) -> Any:
-    """A dataclass field with its help text and constraints in the metadata."""
+       open_choices: bool = False, path: bool = False) -> Any:
+    """A dataclass field with its help text and constraints in the metadata (`path`: a folder, made
+    absolute when the config is built)."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": minimum,
             "max": maximum, "positive": positive, "batch": batch, "hashed": hashed,
-            "open_choices": open_choices}
+            "open_choices": open_choices, "path": path}
     return field(default=default, metadata=meta)
 
 
@@ -144,9 +148,10 @@ class ConAdvConfig:
                        hashed=False)
     attack_workers: int = _f(0, "ranks dedicated to attacks in a multi-process run: they receive theta_t by "
                              "broadcast after each update and send the trainers their adversarial examples "
-                             "point to point (0: none, the attack runs on the trainers' executor); part of the "
-                             "run id, like runtime.trainers: the same weights up to summation order, but another "
-                             "measurement for Table 3 and Figure 4", minimum=0)
+                             "point to point (0: none, the attack runs on the trainers' executor); not part of "
+                             "the run id, like runtime.trainers: the same weights up to summation order (a "
+                             "timed experiment pins its layout with runtime.timed_layout)", minimum=0,
+                             hashed=False)
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,14 @@ class RuntimeConfig:
                         choices=("auto", "loader", "device"), hashed=False)
     threads: int = _f(0, "torch CPU threads; 0 = torch's default", minimum=0, hashed=False)
     trainers: int = _f(0, "trainer processes of a multi-process run (one GPU each); the launcher asks for "
-                       "trainers + conadv.attack_workers tasks; 0 = every rank that is not an attack worker "
-                       "(1 when the launcher starts it)", minimum=0)
+                       "trainers + conadv.attack_workers tasks (launch --gpus-per-run sets it); 0 = every rank "
+                       "that is not an attack worker (1 when the launcher starts it); not part of the run id: "
+                       "the results do not depend on it up to summation order, so a run started on one layout "
+                       "resumes on another", minimum=0, hashed=False)
+    timed_layout: str = _f("", "the layout a timed experiment measures, TRAINERS+WORKERS (e.g. 64+64): part of "
+                           "the run id, so that cells differing only in their devices stay separate runs, and "
+                           "checked against runtime.trainers and conadv.attack_workers; empty for runs whose "
+                           "results do not depend on their devices")
     dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on the CPU), nccl, gloo",
                            choices=("auto", "nccl", "gloo"), hashed=False)
     dist_timeout_s: float = _f(1800.0, "timeout of every collective and point-to-point transfer, seconds: a "
@@ -200,7 +211,8 @@ class Config:
     data: str = _f("digits", "dataset: digits (embedded, scikit-learn's 8x8 digits), cifar10, imagenet, "
                    "or your own builder as pkg.module:build", choices=("digits", "cifar10", "imagenet"),
                    open_choices=True)
-    data_root: str = _f("", "dataset directory (cifar10, imagenet)", hashed=False)
+    data_root: str = _f("", "dataset directory (cifar10, imagenet, or your own builder); stored absolute",
+                        hashed=False, path=True)
     data_decoder: str = _f("pil", "image decoder of data=imagenet: pil (Pillow, torchvision's ImageFolder) or "
                            "torchvision (torchvision.io's libjpeg-turbo, faster; the augmentation is the same, "
                            "but another decoder may give other pixels, so it is part of the run id); never "
@@ -343,7 +355,12 @@ def _coerce(key: str, raw: Any) -> Any:
         if kind is str:
             if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
                 raise ValueError(raw)
-            return str(raw)
+            text = str(raw)
+            if meta.get("path") and text:
+                # A run directory keeps its config: a path relative to where it was typed would point
+                # elsewhere from any other working directory (evaluate, export, a resumed job).
+                return os.path.abspath(os.path.expanduser(text))
+            return text
     except (ValueError, TypeError):
         raise UserError(f"{key}={raw!r} is not {what}") from None
     raise AssertionError(kind)
@@ -405,6 +422,7 @@ def _validate_cross_fields(cfg: Config) -> None:
         raise UserError(f"conadv.executor={cfg.conadv.executor} cannot run attack.bn_mode=train_moving (the "
                         "attack would write running statistics while the update reads them); allowed: "
                         "conadv.executor=sequential or auto")
+    _validate_timed_layout(cfg)
     if cfg.conadv.attack_workers and cfg.method != "conadv":
         raise UserError(f"conadv.attack_workers={cfg.conadv.attack_workers} is for method=conadv, not "
                         f"method={cfg.method}")
@@ -414,6 +432,9 @@ def _validate_cross_fields(cfg: Config) -> None:
     if cfg.model.width != 16 and cfg.model.name in ("resnet18", "resnet50"):
         raise UserError(f"model.width={cfg.model.width} has no effect on model.name={cfg.model.name} (its widths "
                         "are fixed); it applies to resnet8/14/20/32")
+    if cfg.data_root and cfg.data not in ROOTED_DATA and ":" not in cfg.data:
+        raise UserError(f"data_root={cfg.data_root} has no use with data={cfg.data} (embedded); it applies to "
+                        f"data={', '.join(ROOTED_DATA)} or pkg.module:build")
     if cfg.data_decoder != "pil" and cfg.data != "imagenet":
         raise UserError(f"data_decoder={cfg.data_decoder} applies to data=imagenet (the image files), not "
                         f"data={cfg.data}; allowed here: data_decoder=pil")
@@ -421,6 +442,26 @@ def _validate_cross_fields(cfg: Config) -> None:
         raise UserError("bn.three_way=true needs autoaugment=true (its third BN is for augmented images)")
     if cfg.schedule.end_lr > cfg.optim.lr and cfg.optim.lr_rule == "fixed":
         raise UserError(f"schedule.end_lr={cfg.schedule.end_lr} is above the peak optim.lr={cfg.optim.lr}")
+
+
+def timed_layout(trainers: int, attack_workers: int) -> str:
+    """The value of runtime.timed_layout for a layout (0 trainers counts as the one the launcher starts)."""
+    return f"{max(trainers, 1)}+{attack_workers}"
+
+
+def _validate_timed_layout(cfg: Config) -> None:
+    pinned = cfg.runtime.timed_layout
+    if not pinned:
+        return
+    trainers, plus, workers = pinned.partition("+")
+    if not plus or not trainers.isdigit() or not workers.isdigit() or int(trainers) < 1:
+        raise UserError(f"runtime.timed_layout={pinned!r} is not allowed; allowed: TRAINERS+WORKERS with "
+                        "TRAINERS >= 1 and WORKERS >= 0 (e.g. 8+0, 64+64), or empty")
+    actual = timed_layout(cfg.runtime.trainers, cfg.conadv.attack_workers if cfg.method == "conadv" else 0)
+    if actual != f"{int(trainers)}+{int(workers)}":
+        raise UserError(f"runtime.timed_layout={pinned} but runtime.trainers={cfg.runtime.trainers} and "
+                        f"conadv.attack_workers={cfg.conadv.attack_workers} give {actual}: a timed run measures "
+                        "the layout it names; set both to match it")
 
 
 def _validate_group_has_variance(cfg: Config) -> None:
@@ -512,6 +553,10 @@ def config_from_dict(nested: Mapping[str, Any]) -> Config:
                 flat[f"{key}.{sub}"] = sub_value
         else:
             flat[key] = value
+    data = str(flat.get("data", "digits"))
+    if data not in ROOTED_DATA and ":" not in data:
+        # Written before such a data_root was refused (it was never read): the run stays readable.
+        flat.pop("data_root", None)
     return build_config(flat, _explicit=set())
 
 

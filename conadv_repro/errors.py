@@ -65,6 +65,14 @@ def calibration_name(text: str) -> str:
     return text
 
 
+def existing_folder(folder: Path, option: str, allowed: str) -> Path:
+    """`folder` made absolute, or the one-line error naming `option` when it is not a folder here."""
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"{option} {folder} {what}; allowed: {allowed}")
+    return folder.absolute()
+
+
 def check_writable_folder(folder: Path, option: str) -> None:
     """Fail before a measurement, which takes minutes, rather than when its result cannot be written."""
     try:

@@ -13,7 +13,8 @@ see model/split_bn.py), as a plain state dict of tensors that needs nothing of t
 The CIFAR-style networks (resnet8/14/20/32) have no torchvision counterpart: their builder line
 rebuilds them with this package (`cifar_network`). A finished run exports checkpoints/final.pt; an
 unfinished one only with --allow-unfinished (its newest valid checkpoint). Nothing is replaced
-without --force. See docs/export.md.
+without --force. An ImageNet run's class names come from data_root/train: --data-root points a moved
+run at its dataset. See docs/export.md.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, cli_entry, existing_folder
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -49,6 +50,7 @@ EXAMPLES = """examples:
   python -m conadv_repro.export runs/paper/0123456789ab r50.pt        # writes r50.pt and r50.json
   python -m conadv_repro.export runs/smoke/0123456789ab r8.pt --force # replace an earlier export
   python -m conadv_repro.export RUN_DIR mid.pt --allow-unfinished     # newest checkpoint of a running run
+  python -m conadv_repro.export moved/run r50.pt --data-root /mnt/imagenet   # class names from a moved dataset
 
 load it:
   import json, torch, torchvision
@@ -82,8 +84,9 @@ class Exported:
     source: Path
 
 
-def export_run(run_dir: Path, *, allow_unfinished: bool = False) -> Exported:
-    """The main-BN network of the run in `run_dir` and its description; writes nothing."""
+def export_run(run_dir: Path, *, allow_unfinished: bool = False, data_root: Path | None = None) -> Exported:
+    """The main-BN network of the run in `run_dir` and its description; writes nothing. `data_root`
+    replaces the dataset folder stored in the run's config (a run or dataset that has moved)."""
     from conadv_repro.engine.rundir import RunDirectory
 
     rd = RunDirectory(Path(run_dir))
@@ -94,6 +97,9 @@ def export_run(run_dir: Path, *, allow_unfinished: bool = False) -> Exported:
     cfg = rd.stored_config()
     if cfg is None:
         raise UserError(f"{rd.path} is not a run directory (no config.json)")
+    if data_root is not None:
+        folder = existing_folder(Path(data_root), "--data-root", "the folder holding the run's dataset")
+        cfg = cfg.replace({"data_root": str(folder)})  # not part of the run id: the checkpoints still match
     builder_kind = _check_exportable(cfg)
     state, source, finished = _pick_checkpoint(rd, cfg, allow_unfinished)
     model_state = state.get("model")
@@ -271,7 +277,8 @@ def _class_names(cfg: Config, num_classes: int) -> tuple[list[str], str]:
                             "allowed: the data_root the run trained on")
     else:
         what = "data_root/train is not here" if cfg.data == "imagenet" else "a user's dataset"
-        print(f"note: class names of data={cfg.data} are unknown here ({what}); writing label indices",
+        hint = "; --data-root DIR names the dataset's folder" if cfg.data == "imagenet" else ""
+        print(f"note: class names of data={cfg.data} are unknown here ({what}); writing label indices{hint}",
               file=sys.stderr)
         return [str(i) for i in range(num_classes)], f"label indices ({what})"
     if len(names) != num_classes:
@@ -352,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace OUT and OUT.json if they exist")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="export the newest valid checkpoint of a run that has not finished")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="the dataset folder, in place of the data_root stored in the run's config (an "
+                             "ImageNet run's class names are its train/ folders)")
     return parser
 
 
@@ -359,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_destination(args.out, force=args.force)  # before the slow part, so a clash costs nothing
-    exported = export_run(args.run_dir, allow_unfinished=args.allow_unfinished)
+    exported = export_run(args.run_dir, allow_unfinished=args.allow_unfinished, data_root=args.data_root)
     out, described = write_export(exported, args.out, force=args.force)
     info = exported.info
     print(f"wrote {out} ({len(exported.state_dict)} tensors; {info['builder']}) and {described} "

@@ -30,8 +30,8 @@ def env_world_size() -> int:
 
 def with_trainers_named(cfg: Config, world_size: int) -> Config:
     """`cfg` with `runtime.trainers` filled in from the processes started (torchrun's WORLD_SIZE), so that
-    the run id tells 2 trainers from 3 as it does for the launcher's runs; one trainer stays 0 (its
-    default), the id of a single-process run."""
+    the config and record say how the run was laid out, as the launcher's runs do (the count is not part
+    of the run id); one trainer stays 0, its default."""
     if cfg.runtime.trainers or world_size <= 1:
         return cfg
     trainers, _ = check_layout(cfg, world_size)

@@ -22,6 +22,7 @@ which the performance model (conadv_repro/throughput_model.py) projects from mea
 """
 
 from conadv_repro.batch_sizes import parse_batch
+from conadv_repro.config import timed_layout
 from conadv_repro.registry import Cell, Experiment
 from experiments.common import method_overrides
 
@@ -47,17 +48,20 @@ RUN = {"steps": STEPS, "runtime.log_every": LOG_EVERY, "runtime.checkpoint_every
 SMALL_SCALES = ("smoke", "proxy", "cifar10")
 
 
-def devices(panel: str, method: str, paper_batch: str) -> dict[str, dict[str, int]]:
+def devices(panel: str, method: str, paper_batch: str) -> dict[str, dict[str, int | str]]:
     """Per scale, the trainers (and ConAdv's attack workers) of a cell."""
     per = PER_WORKER[panel]
     trainers = max(1, parse_batch(paper_batch) // per)
-    paper = {"runtime.trainers": trainers, "runtime.micro_batch": per}
+    paper: dict[str, int | str] = {"runtime.trainers": trainers, "runtime.micro_batch": per}
     if panel == "(b)":
         paper["bn.group_size"] = per
-    small = {"runtime.trainers": 1}
+    small: dict[str, int | str] = {"runtime.trainers": 1}
     if method == "conadv":
         paper["conadv.attack_workers"] = trainers
         small["conadv.attack_workers"] = 1
+    # The layout is what a throughput point measures: pinned in the run id (the device counts alone are not).
+    paper["runtime.timed_layout"] = timed_layout(trainers, trainers if method == "conadv" else 0)
+    small["runtime.timed_layout"] = timed_layout(1, 1 if method == "conadv" else 0)
     return {"paper": paper, **{scale: dict(small) for scale in SMALL_SCALES}}
 
 

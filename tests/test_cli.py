@@ -28,6 +28,8 @@ BAD_INPUT = [
     (["data=imagenet", "data_root={tmp}/nowhere"], "nowhere"),
     (["data=imagenet", "data_root={tmp}/empty"], "empty"),
     (["data=cifar10", "data_root={tmp}/nowhere"], "nowhere"),
+    (["data=imagenet"], "data=imagenet needs data_root=DIR"),
+    (["data_root={tmp}/nowhere"], "has no use with data=digits"),
     (["method=disadv", "attack.epsilon=-1"], "attack.epsilon=-1.0 must be >= 0.0"),
     (["method=disadv", "attack.epsilon=300"], "attack.epsilon=300.0 must be <= 255.0"),
     (["scale=proxy", "paper_batch=32k", "batch_size=96"], "does not match paper_batch=32k at scale=proxy"),
@@ -82,18 +84,19 @@ def test_evaluate_prints_test_and_train_accuracy(tmp_path: Path, capsys):
     assert status == 2 and "not a run directory" in err
 
 
-def test_the_run_id_under_torchrun_names_the_trainer_count(capsys, monkeypatch):
-    def run_id(world: int, *extra: str) -> str:
+def test_the_run_id_under_torchrun_does_not_depend_on_the_trainer_count(capsys, monkeypatch):
+    def resolved(world: int, *extra: str) -> dict:
         monkeypatch.setenv("WORLD_SIZE", str(world))
         status, out, err = call_main(train.main, ["--print-config", "method=conadv", "conadv.attack_workers=1",
                                                   "batch_size=64", "bn.group_size=16", *extra], capsys)
         assert status == 0, err
-        return json.loads(out)["run_id"]
+        return json.loads(out)
 
-    one_trainer, two_trainers = run_id(2), run_id(3)
-    assert one_trainer == run_id(1)  # one trainer keeps the default, as a launcher's run does
-    assert one_trainer != two_trainers
-    assert two_trainers == run_id(3, "runtime.trainers=2")  # what the launcher names
+    one_trainer, two_trainers = resolved(2), resolved(3)
+    # The same run on any number of processes (it resumes on another), the trainers filled in from WORLD_SIZE.
+    assert one_trainer["run_id"] == two_trainers["run_id"] == resolved(1)["run_id"]
+    assert (one_trainer["config"]["runtime.trainers"], two_trainers["config"]["runtime.trainers"]) == (0, 2)
+    assert resolved(3, "runtime.trainers=2")["run_id"] == two_trainers["run_id"]
     monkeypatch.setenv("WORLD_SIZE", "two")
     status, _, err = call_main(train.main, ["--print-config"], capsys)
     assert status == 2 and err.strip() == "error: WORLD_SIZE='two' is not an integer"

@@ -39,8 +39,10 @@ def test_run_id_ignores_defaults_runtime_and_paths():
     # Writing a field at its default gives the same id: a field added later with a default keeps ids.
     assert config_from_overrides(["optim.momentum=0.9", "seed=0"]).run_id() == base
     for item in ("runtime.device=cpu", "runtime.workers=3", "runtime.compile=true", "runtime.log_every=7",
-                 "data_root=/somewhere", "runtime.micro_batch=32", "runtime.threads=1"):
+                 "runtime.micro_batch=32", "runtime.threads=1"):
         assert config_from_overrides([item]).run_id() == base, item
+    imagenet = config_from_overrides(["data=imagenet"]).run_id()
+    assert config_from_overrides(["data=imagenet", "data_root=/somewhere"]).run_id() == imagenet
     for item in ("seed=1", "optim.lr=1.5", "runtime.autocast=bf16", "autoaugment=true", "bn.group_size=16",
                  "paper_batch=32k", "steps=5"):
         assert config_from_overrides([item]).run_id() != base, item

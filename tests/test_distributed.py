@@ -68,6 +68,17 @@ def assert_close(reference: dict[str, torch.Tensor], other: dict[str, torch.Tens
     return worst
 
 
+def crashed_copy(finished: Path, to: Path) -> tuple[Path, dict]:
+    """A copy of a finished run as a crash after its last step checkpoint leaves it: no final checkpoint,
+    the record still running. Returns the copy and its record."""
+    shutil.copytree(finished, to)
+    (to / "checkpoints" / "final.pt").unlink()
+    record = json.loads((to / "record.json").read_text())
+    record = {**record, "status": "running", "final": None}
+    (to / "record.json").write_text(json.dumps(record))
+    return to, record
+
+
 def ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -118,17 +129,32 @@ def test_a_run_with_attack_workers_resumes_exactly(tmp_path, cli_env):
     common = [*SMALL, "method=conadv", "steps=6", "conadv.attack_workers=1", "runtime.checkpoint_every=2"]
     whole = tmp_path / "whole"
     ok(torchrun(3, whole, common, cli_env))
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    (resumed / "checkpoints" / "final.pt").unlink()
-    record = json.loads((resumed / "record.json").read_text())
-    (resumed / "record.json").write_text(json.dumps({**record, "status": "running", "final": None}))
+    resumed, record = crashed_copy(whole, tmp_path / "resumed")
     result = torchrun(3, resumed, common, cli_env)
     ok(result)
     assert "resuming" in result.stdout and "at step 4/6" in result.stdout
     a, b = final_model(whole), final_model(resumed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_a_run_started_on_one_trainer_resumes_on_two(tmp_path, cli_env):
+    # The device counts are not part of a run id: a relaunch on another number of GPUs resumes the run (from the
+    # checkpoint of step 2), and ends with the weights of the uninterrupted one up to summation order.
+    from analysis.records import mixed_layout
+
+    common = [*SMALL, "method=disadv", "steps=4", "runtime.checkpoint_every=2"]
+    whole = tmp_path / "whole"
+    single(whole, common)
+    resumed, record = crashed_copy(whole, tmp_path / "resumed")
+    result = torchrun(2, resumed, common, cli_env)
+    ok(result)
+    assert "resuming" in result.stdout and "/4" in result.stdout
+    assert_close(final_model(whole), final_model(resumed))
+    after = json.loads((resumed / "record.json").read_text())
+    assert after["run_id"] == record["run_id"] and after["status"] == "finished"
+    assert [(e["trainers"], e["from_step"] > 0) for e in after["layouts"]] == [(1, False), (2, True)]
+    assert mixed_layout(after) and not mixed_layout(record)
 
 
 def _free_port() -> int:

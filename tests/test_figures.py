@@ -170,3 +170,73 @@ def test_set_draws_the_runs_of_a_launcher_variation(tmp_path: Path, cli_env: dic
     assert "3 finished runs" in ours.stdout
     bad = make_figures(cli_env, *common, "--set", "optim.nosuch=1")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nosuch" in bad.stderr
+
+
+def synthetic_cells(tmp_path: Path, name: str, skip: tuple[str, ...] = ()) -> tuple:
+    """An experiment's cells with a finished synthetic run at every paper batch but those in `skip`."""
+    from analysis.figures import cells_with_runs
+    from analysis.records import load_runs
+    from conadv_repro.registry import load_experiment
+    from tests.synthetic_runs import planned, write_run
+
+    runs_dir = tmp_path / "runs"
+    runs = planned(name, runs_dir)
+    for i, run in enumerate(runs):
+        if run.config.paper_batch not in skip:
+            write_run(run, epochs=[(1, 30.0 + i, 1.0), (2, 50.0 + i, 2.0)], final_top1=50.0 + i)
+    experiment = load_experiment(name)
+    return experiment, cells_with_runs(experiment, runs, load_runs(runs_dir, ["smoke"]))
+
+
+def test_figure2_marks_the_points_not_run(tmp_path: Path) -> None:
+    import math
+
+    from analysis.figures import figure2
+
+    experiment, cells = synthetic_cells(tmp_path, "figure2", skip=("128k", "256k"))
+    (ax,) = figure2(experiment, cells, "smoke").axes
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == len(experiment.rows), "one 'not run' mark per row"
+    for line in crosses:
+        assert list(line.get_xdata()) == [math.log2(128), math.log2(256)]  # only the missing batch sizes
+        assert line.get_label().endswith("not run (no finished run) at 128k, 256k")
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert sum("not run" in text for text in legend) == len(experiment.rows)
+
+    _, every = synthetic_cells(tmp_path / "all", "figure2")
+    (ax,) = figure2(experiment, every, "smoke").axes
+    assert not [line for line in ax.get_lines() if line.get_marker() == "x"], "nothing to mark when all ran"
+
+
+def test_training_curves_give_each_batch_size_its_own_colour(tmp_path: Path) -> None:
+    from matplotlib.colors import to_hex
+
+    from analysis.figures import column_colours, curves_figure, curves_of
+
+    experiment, cells = synthetic_cells(tmp_path, "table1")
+    curves = curves_of(cells)
+    fig = curves_figure(experiment, curves, "smoke")
+    first_row = [c.column for c in curves if c.row == experiment.rows[0]]  # drawn in this order
+    colour_of = {column: to_hex(line.get_color())
+                 for column, line in zip(first_row, fig.axes[0].get_lines(), strict=True)}
+    assert sorted(colour_of) == sorted(experiment.columns)
+    assert len(set(colour_of.values())) == len(experiment.columns), colour_of
+    # 1k, 4k and 8k were three shades of one dark purple: now three of the qualitative map's first colours.
+    assert [colour_of[c] for c in ("1k", "4k", "8k")] == ["#1f77b4", "#ff7f0e", "#2ca02c"]
+    # By size, whatever the declared order; Table 5's twelve perturbations stay distinct too.
+    assert column_colours(["32k", "1k", "4k"]) == column_colours(["1k", "4k", "32k"])
+    many = column_colours([f"p={p}" for p in (*range(11), 12)])
+    assert len({to_hex(c) for c in many.values()}) == 12
+
+
+def test_every_training_curve_panel_has_tick_labels(tmp_path: Path) -> None:
+    from analysis.figures import curves_figure, curves_of
+
+    experiment, cells = synthetic_cells(tmp_path, "table1")  # 4 panels on a 3 x 2 grid
+    fig = curves_figure(experiment, curves_of(cells), "smoke")
+    fig.draw_without_rendering()
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == len(experiment.rows)
+    for ax in panels:
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert labels, f"panel {ax.get_title()!r} has no epoch tick labels"

@@ -276,8 +276,9 @@ def test_a_layout_that_cannot_work_is_refused_while_planning(tmp_path, cli_env):
     # Batch 8 in BN groups of 8 cannot split over 2 trainers: one line, exit 2, nothing written.
     runs = tmp_path / "runs"
     for extra in ([], ["--dry-run"], ["--estimate"]):
-        out = run_cli(["-m", "conadv_repro.launch", "figure4", "--cluster", "local", "--runs-dir", str(runs),
-                       "--only", "method=vanilla", "paper_batch=4k", "--set", "runtime.trainers=2", *extra],
+        layout = ["--set", "runtime.trainers=2"] if extra != ["--dry-run"] else ["--gpus-per-run", "2"]
+        out = run_cli(["-m", "conadv_repro.launch", "table1", "--cluster", "local", "--runs-dir", str(runs),
+                       "--only", "method=vanilla", "paper_batch=4k", "autoaugment=false", *layout, *extra],
                       cli_env, tmp_path)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "does not split over 2 trainers" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -286,7 +286,7 @@ def test_estimate_says_when_a_profile_cannot_feed_its_gpus(tmp_path, cli_env):
     _loader_calibration(tmp_path / "cal" / "loader", "slow-cpu", plain=100.0, autoaugment=80.0)
     env = {**cli_env, "CONADV_CALIBRATIONS": str(tmp_path / "cal")}
     out = run_cli(["-m", "conadv_repro.launch", "table3", "--scale", "paper", "--profile", "example-gpu",
-                   "--estimate", "--calibration", "published"], env, tmp_path)
+                   "--estimate", "--calibration", "published", "--gpus-per-run", "1"], env, tmp_path)
     assert out.returncode == 0, out.stderr
     (line,) = [line for line in out.stdout.splitlines() if "loader:" in line]
     # The published A100 rate, 2,470 images/s, at 100 images/s per core: 24.7 cores, the profile has 10.

@@ -145,7 +145,8 @@ def test_the_estimate_prints_the_memory_warning(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(CALIBRATIONS_ENV, str(tmp_path / "cal"))
     save(tmp_path / "cal" / "memory", "h100", calibration())
     status, out, err = call_main(cli.main, ["table1", "--scale", "paper", "--profile", "example-gpu", "--estimate",
-                                            "--calibration", "published", "--runs-dir", str(tmp_path / "runs")], capsys)
+                                            "--calibration", "published", "--runs-dir", str(tmp_path / "runs"),
+                                            "--gpus-per-run", "1"], capsys)
     assert status == 0, err
     assert "warning: memory: 7 conadv runs need about 81.8 GiB per GPU at micro-batch 256; profile example-gpu's " \
            "GPUs have 80 GiB (2 GiB of each kept for the CUDA context and NCCL); runtime.micro_batch=128 fits" in out, out

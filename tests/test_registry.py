@@ -90,7 +90,8 @@ def test_paper_scale_resolves_exactly_to_table6(tmp_path):
     from conadv_repro.engine.trainer import derive
 
     for part in ("train", "val"):
-        (tmp_path / part).mkdir()
+        (tmp_path / part / "n01440764").mkdir(parents=True)  # the class-folder layout the launcher checks
+        (tmp_path / part / "n01440764" / "a.JPEG").touch()
     for batch, (lr, warmup) in {"32k": (35.0, 40.0), "64k": (41.0, 41.0), "96k": (43.0, 41.0)}.items():
         run = next(r for r in runs_of(["table1"], scale="paper", data_root=str(tmp_path))
                    if r.config.paper_batch == batch and r.config.method == "vanilla")

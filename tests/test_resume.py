@@ -109,6 +109,6 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path: Path, cli_env, capsys)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted; run the same")
     record = json.loads((run_dir / "record.json").read_text())
-    assert record["status"] == "running" and not (run_dir / "lock.json").exists()
+    assert record["status"] == "interrupted" and not (run_dir / "lock.json").exists()
     status, out, err = call_main(train.main, ["--run-dir", str(run_dir), *config], capsys)
     assert status == 0 and "resuming" in out, err

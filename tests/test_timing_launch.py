@@ -16,7 +16,8 @@ LAUNCH = ["-m", "conadv_repro.launch"]
 
 def fake_imagenet(root: Path) -> Path:
     for part in ("train", "val"):
-        (root / part).mkdir(parents=True, exist_ok=True)
+        (root / part / "n01440764").mkdir(parents=True, exist_ok=True)  # the class-folder layout the launcher checks
+        (root / part / "n01440764" / "a.JPEG").touch()
     return root
 
 
@@ -45,7 +46,7 @@ def test_dry_runs_at_the_smoke_and_paper_scales(tmp_path, cli_env):
     assert "conadv   --   64k (batch    64) eps=5" in table3.stdout
     root = fake_imagenet(tmp_path / "imagenet")
     figure4 = run_cli([*LAUNCH, "figure4", "--scale", "paper", "--data-root", str(root), "--dry-run",
-                       "--runs-dir", str(runs), "--cluster", "local"], cli_env, tmp_path)
+                       "--runs-dir", str(runs), "--cluster", "local", "--allow-cpu"], cli_env, tmp_path)
     assert figure4.returncode == 0, figure4.stderr
     assert figure4.stdout.strip().splitlines()[-1] == "21 runs: 21 missing"
     assert "disadv   --   32k (batch   32k)" in figure4.stdout and "vanilla  --   512 (batch   512)" in figure4.stdout
@@ -75,11 +76,13 @@ def test_estimate_through_the_cli(tmp_path, cli_env):
     lines = missing.stderr.strip().splitlines()
     assert missing.returncode == 2 and len(lines) == 1 and "--calibration PATH" in lines[0], missing.stderr
     assert "profile example-gpu (GPUs, constraint a100)" in lines[0]
+    assert "make gpu-check on one of the cluster's GPUs writes one" in lines[0]
+    assert "benchmarks/throughput.py --save" in lines[0]
 
     # The published anchor, by hand: vanilla at 16k on one A100 at 2,470 img/s, 90 x floor(1,278,167 / 16,384)
     # = 7,020 steps of 16,384 / 2,470 s: 12:56:05 and 12.93 GPU-hours.
     paper = run_cli([*LAUNCH, "table3", "--scale", "paper", "--profile", "example-gpu", "--estimate",
-                     "--calibration", "published"], env, tmp_path)
+                     "--calibration", "published", "--gpus-per-run", "1"], env, tmp_path)
     assert paper.returncode == 0, paper.stderr
     assert "calibration: published, not measured here: NVIDIA A100" in paper.stdout
     (vanilla_16k,) = [line for line in paper.stdout.splitlines() if line.startswith("vanilla  --   16k")]

@@ -289,12 +289,18 @@ def build_imagenet(
     from torchvision.datasets import ImageFolder
 
     size = image_size or 224
+    if not root:
+        # Path("") is the working directory: without this, the layout check below would look there.
+        raise UserError(
+            "data=imagenet needs data_root=DIR, the folder holding train/<wnid>/ and val/<wnid>/ "
+            "(e.g. data_root=/data/imagenet)"
+        )
     folders = {part: Path(root) / part for part in ("train", "val")}
     for folder in folders.values():
-        if not root or not folder.is_dir():
+        if not folder.is_dir():
             raise UserError(
                 f"imagenet: '{folder}' is not a directory; expected the layout {IMAGENET_LAYOUT} "
-                f"with root='{root or 'ROOT'}'"
+                f"with root='{root}'"
             )
     try:
         official_train, official_val = (ImageFolder(str(folder)) for folder in folders.values())

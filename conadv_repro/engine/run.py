@@ -143,15 +143,34 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
         "steps_done": start, "total_steps": derived.total_steps, "wall_time_s": elapsed0,
         "epoch_times": epoch_times, "environment": environment_info(trainer.device), "final": None,
         "distributed": trainer.dist.describe(), "executor": trainer.method.executor_label(),
+        # One entry per attempt: a run may resume on another number of GPUs (not part of its id); Table 3 and
+        # Figure 4 time only runs trained on one layout throughout.
+        "layouts": [*previous.get("layouts", []), {"attempt": int(previous.get("attempts", 0)) + 1,
+                                                   "from_step": start, **trainer.dist.describe(),
+                                                   "device": trainer.device.type}],
     }
     rd.write_record(record)
     tracker = make_tracker(cfg, run_id=name, attempt=record["attempts"], tags=tags, run_dir=rd.path,
                            started=record["started"], derived=derived.as_dict()).start()
     try:
         return _train_steps(trainer, rd, record, log, lock, tracker, elapsed0, epoch_times, log_window)
+    except KeyboardInterrupt:
+        _record_interrupted(rd, lock)
+        raise
     finally:
         # "running" here: stopped by a lost lock or an interrupt, not by a failure of the run itself.
         tracker.finish("interrupted" if record["status"] == "running" else record["status"])
+
+
+def _record_interrupted(rd: RunDirectory, lock: RunLock) -> None:
+    """Ctrl-C: say so in record.json, so that it does not claim a process is training. The run stays
+    resumable from its newest checkpoint (any status outside FINAL_STATES resumes)."""
+    if lock.lost:
+        return  # the directory is someone else's now
+    # The record on disk, not ours: it holds the steps of the newest checkpoint, where a resume starts.
+    on_disk = rd.read_record()
+    if on_disk is not None and on_disk.get("status") == "running":
+        rd.write_record({**on_disk, "status": "interrupted", "interrupted": time.time()})
 
 
 def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log: Callable[[str], None],

@@ -1,7 +1,8 @@
 """The run directory: `config.json`, `metrics.jsonl`, `record.json` and `checkpoints/`.
 
 Every write is atomic (see conadv_repro/atomic.py). The record is the run's source of truth for the
-launcher and the analysis: its `status` is `running`, `finished`, `failed` or `diverged`.
+launcher and the analysis: its `status` is `running`, `interrupted` (Ctrl-C; resumable, as a `running`
+record whose process died), `finished`, `failed` or `diverged`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from conadv_repro.machine import cpu_name
 from conadv_repro.runfiles import CONFIG_FILE, LAUNCHER_FILES, METRICS_FILE, RECORD_FILE
 
 RECORD_SCHEMA = 1
-STATUSES = ("running", "finished", "failed", "diverged")
+STATUSES = ("running", "interrupted", "finished", "failed", "diverged")
 
 
 @dataclass

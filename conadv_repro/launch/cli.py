@@ -52,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --estimate: a calibration file (benchmarks/throughput.py --save) or 'published'")
     parser.add_argument("--cluster", default=None,
                         help="slurm, local or debug (default: slurm where a Slurm controller answers, else local)")
-    parser.add_argument("--profile", default=None, help="slurm/profiles/NAME.toml (partition, GPUs, time...)")
+    parser.add_argument("--profile", default=None, metavar="NAME|PATH",
+                        help="slurm/profiles/NAME.toml (partition, GPUs, time...; $CONADV_PROFILES names another "
+                             "folder), or the path of a .toml file")
+    parser.add_argument("--gpus-per-run", type=positive_int, default=0, metavar="N",
+                        help="GPUs (processes) per run, for every run whose experiment does not pin its layout "
+                             "(Figure 4 does); not part of a run id: a relaunch with another N resumes the same "
+                             "runs (default: the profile's gpus_per_run, else 8 at the paper scale, 1 otherwise)")
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="launch the paper scale on jobs without a GPU (refused otherwise)")
     parser.add_argument("--only", action="extend", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="keep runs whose config field or label (experiment, row, column) is one of the values")
     parser.add_argument("--set", action="extend", nargs="+", default=[], dest="sets", metavar="KEY=VALUE",
@@ -67,13 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an integer >= 1")
+    return value
+
+
 def plan(args: argparse.Namespace, *, check_data: bool = True) -> list[PlannedRun]:
+    from conadv_repro.launch.profiles import gpus_per_run, load_profile
+
     check_scale(args.scale)
     if not args.experiments:
         raise UserError(f"name an experiment; allowed: {', '.join(experiment_names())}, all")
     experiments = load_experiments(args.experiments)
+    gpus = gpus_per_run(load_profile(args.profile), args.scale, args.gpus_per_run)
     runs = expand(experiments, scale=args.scale, runs_dir=args.runs_dir, sets=parse_sets(args.sets),
-                  data_root=args.data_root, check_data=check_data)
+                  data_root=args.data_root, check_data=check_data, gpus_per_run=gpus)
     runs = apply_filters(runs, args.only)
     for run in runs:  # a layout that cannot work is refused here, not by every rank of a submitted job
         try:
@@ -150,6 +171,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         cluster = "slurm" if shutil.which("sbatch") else "local"
     else:
         cluster = submit.choose_cluster(args.cluster)
+    local_gpus = submit.local_gpu_count() if cluster != "slurm" else 0
+    if args.scale == "paper" and not args.allow_cpu:
+        check_jobs_have_gpus(cluster, profile, local_gpus, args)
     jobs = SlurmJobs()
     states = [run_state(run.run_dir, jobs) for run in runs]
     todo_states = ("missing", "unfinished", *(("failed",) if args.retry_failed else ()))
@@ -164,6 +188,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         groups = group_runs(todo, cluster, args)
         print(f"a launch would submit {plural(len(todo), 'run')} in {plural(len(groups), 'job')} to {cluster} "
               f"(scale {args.scale}, runs in {args.runs_dir})")
+        for line in submit.request_lines(cluster, profile, [run_processes(g[0].config) for g in groups],
+                                         local_gpus=local_gpus):
+            print(line)
         print(summary)
         return 0
     if not todo:
@@ -195,6 +222,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(f"details of failed runs: {follow_up('status', args)}")
     print(summary_line([s.state for s in states]))
     return 1 if failures else 0
+
+
+def check_jobs_have_gpus(cluster: str, profile: Any, local_gpus: int, args: argparse.Namespace) -> None:
+    """The paper scale on CPUs would take hundreds of thousands of device-hours: refuse a launch whose jobs
+    would get no GPU, unless the user says it is meant (--allow-cpu)."""
+    if cluster == "slurm" and profile.gpus_per_node:
+        return
+    if cluster != "slurm" and local_gpus:
+        return
+    where = f"profile {profile.name} has gpus_per_node=0" if args.profile else "no --profile was given"
+    if cluster != "slurm":
+        where = f"--cluster {cluster} on this machine, which has no GPU"
+    raise UserError(f"--scale paper would train on CPUs only ({where}); use a GPU profile such as "
+                    "--profile example-gpu (copy slurm/profiles/example-gpu.toml for your cluster), or add "
+                    "--allow-cpu if that is meant")
 
 
 def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -> list[list[PlannedRun]]:
@@ -260,6 +302,7 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     executor = submit.make_executor(cluster, folder, profile)
     tasks = [run_processes(group[0].config) for group in groups]
     threads = submit.default_threads(cluster, sum(tasks))
+    local_gpus = submit.local_gpu_count() if cluster == "local" else 0
     jobs_made = []
     try:
         tags = experiment_tags([run for run, _ in claimed], args)
@@ -285,7 +328,6 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
             with submit.clean_env(), submit.detached_from_terminal(cluster == "local"):
                 with executor.batch():  # the one-process runs: one job array
                     jobs = [executor.submit(payload) for payload in single]
-                local_gpus = submit.local_gpu_count() if cluster == "local" else 0
                 for payload, n in multi:  # each run on several processes: a job with its own resources
                     executor.update_parameters(**submit.job_resources(cluster, profile, n, local_gpus=local_gpus))
                     jobs.append(executor.submit(payload))
@@ -294,7 +336,8 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
             for run in group:
                 attach_job(run.run_dir, tokens[id(run)], cluster=cluster, job_id=str(job.job_id))
                 submit.record_submission(run.run_dir, {"cluster": cluster, "job_id": str(job.job_id),
-                                                       "log_dir": str(folder / str(job.job_id))})
+                                                       "log_dir": str(folder / str(job.job_id)),
+                                                       "layout": run_layout(run, cluster, profile, local_gpus)})
     except Exception:
         for run, token in claimed:
             release_claim(run.run_dir, token)
@@ -304,7 +347,20 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
     ids = ", ".join(str(job.job_id) for job, _ in jobs_made)
     print(f"submitted {plural(len(claimed), 'run')} in {plural(len(jobs_made), 'job')} to {cluster}"
           + (f": {ids}" if ids and cluster == "slurm" else ""))
+    for line in submit.request_lines(cluster, profile, tasks, local_gpus=local_gpus):
+        print(line)
     return jobs_made
+
+
+def run_layout(run: PlannedRun, cluster: str, profile: Any, local_gpus: int) -> dict[str, Any]:
+    """A submission's layout, for launch.json: the run's processes and what its job asks for."""
+    from conadv_repro.launch import submit
+
+    cfg = run.config
+    processes = run_processes(cfg)
+    workers = cfg.conadv.attack_workers if cfg.method == "conadv" else 0
+    return {"processes": processes, "trainers": processes - workers, "attack_workers": workers,
+            **submit.job_request(cluster, profile, processes, local_gpus=local_gpus)}
 
 
 def wait_for(submitted: list[tuple[Any, list[PlannedRun]]]) -> int:

@@ -15,6 +15,7 @@ benchmarks/calibrations/memory/, see launch/memory_check.py). Nothing is submitt
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 from types import ModuleType
@@ -79,8 +80,12 @@ def choose(args: argparse.Namespace, profile: Profile, model: ModuleType) -> Any
     found = model.find_calibration(match=tokens, device=device)
     if found is None:
         folder = model.calibrations_dir()
-        raise UserError(f"--estimate found no calibration for {what} in {folder}: measure one with "
-                        f"python benchmarks/throughput.py --save {folder}/NAME.json on that hardware, or pass "
+        benchmark = f"python benchmarks/throughput.py --save {folder}/NAME.json"
+        # gpu-check is the one command a GPU cluster's user runs anyway, and it writes the calibration
+        # --estimate looks for; a CPU machine has only the benchmark.
+        how = (f"make gpu-check on one of the cluster's GPUs writes one (or {benchmark} there)" if device == "cuda"
+               else f"measure one with {benchmark} on that machine")
+        raise UserError(f"--estimate found no calibration for {what} in {folder}: {how}, or pass "
                         f"--calibration PATH (or --calibration published: NVIDIA's published A100 ResNet-50 rate, "
                         "not measured here)")
     return found
@@ -109,6 +114,7 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
               f"{'step (s)':>9s} {'wall time':>11s} {unit:>12s}  run id")
     print(header)
     total_hours, total_wall, longest = 0.0, 0.0, 0.0
+    over_limit: list[tuple[float, PlannedRun]] = []  # (projected wall time, run) past the profile's time limit
     feeds: list[tuple[float, float, bool, str]] = []  # (loader need, images/s per GPU, AA, what) of ImageNet runs
     loader = find_loader_calibration() if profile.gpus_per_node > 0 and calibration.device == "cuda" else None
     for run in runs:
@@ -128,6 +134,8 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
             what = f"{cfg.method}{' AA' if cfg.autoaugment else ''} at batch {format_batch(cfg.batch_size)}"
             feeds.append((loader.cores_per_gpu(per_gpu, cfg.autoaugment), per_gpu, cfg.autoaugment, what))
         devices = f"{trainers} + {workers}"
+        if args.profile and projection.wall_s > profile.time_min * 60:
+            over_limit.append((projection.wall_s, run))
         print(f"{cfg.method:8s} {'AA' if cfg.autoaugment else '--':2s} {cfg.paper_batch:>5s} "
               f"{format_batch(cfg.batch_size):>6s} {devices:>11s} {projection.steps:>9,d} "
               f"{projection.step.seconds:>9.4g} {duration(projection.wall_s):>11s} "
@@ -150,6 +158,15 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
     if calibration.device == "cuda":
         for line in memory_report(runs, profile):
             print(line)
+    if args.profile:
+        from conadv_repro.launch.submit import request_lines
+        from conadv_repro.layout import run_processes
+
+        print("jobs on Slurm, one per run at this scale:")
+        for line in request_lines("slurm", profile, [run_processes(run.config) for run in runs]):
+            print(line)
+    for line in time_limit_lines(over_limit, profile):
+        print(line)
     print(f"grid: {len(runs)} run{'s' if len(runs) != 1 else ''}, {total_hours:,.1f} {unit}, "
           f"{duration(total_wall)} of run time in all (the longest run {duration(longest)}; runs in parallel "
           "finish sooner)")
@@ -159,3 +176,24 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
         print(f"note: at the {args.scale} scale these are lower bounds that leave out most of the time (start-up, "
               "evaluation, per-step overheads); the projection is meant for the cifar10 and paper scales")
     return 0
+
+
+def requeues(wall_s: float, limit_min: int) -> int:
+    """Times a run of `wall_s` seconds is requeued under a time limit of `limit_min` minutes (it checkpoints
+    at the limit and resumes in a new job), leaving out the time each restart costs."""
+    return max(0, math.ceil(wall_s / (limit_min * 60)) - 1)
+
+
+def time_limit_lines(over_limit: list[tuple[float, PlannedRun]], profile: Profile) -> list[str]:
+    if not over_limit:
+        return []
+    limit = duration(profile.time_min * 60)
+    lines = [f"time limit: {len(over_limit)} run{'s' if len(over_limit) != 1 else ''} would outlast profile "
+             f"{profile.name}'s time_min ({limit}) and be requeued from their checkpoints (more GPUs per run: "
+             "--gpus-per-run):"]
+    for wall_s, run in sorted(over_limit, key=lambda item: -item[0]):
+        cfg = run.config
+        count = requeues(wall_s, profile.time_min)
+        lines.append(f"  {cfg.method}{' AA' if cfg.autoaugment else ''} at {format_batch(cfg.batch_size)} "
+                     f"({run.run_id}): {duration(wall_s)}, {count} requeue{'s' if count != 1 else ''}")
+    return lines

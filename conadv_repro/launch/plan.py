@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conadv_repro.batch_sizes import parse_batch
 from conadv_repro.config import (
     FIELDS,
     METHOD_KEYS,
@@ -73,17 +74,37 @@ def check_data_root(scale: str, data_root: str) -> None:
     name = "ImageNet" if what == "imagenet" else "CIFAR-10"
     if not data_root:
         raise UserError(f"--scale {scale} needs the {name} folder: add --data-root DIR")
+    if what == "imagenet":
+        # The class-folder layout too, not only train/ and val/: a wrong one fails every job at its start.
+        from conadv_repro.launch.data_layout import check_imagenet_layout
+
+        check_imagenet_layout(data_root)
+        return
     missing = [part for part in DATA_LAYOUT[what] if not (Path(data_root) / part).is_dir()]
     if missing:
-        raise UserError(f"--data-root {data_root} holds no {name} ({', '.join(m + '/' for m in missing)} missing); expected "
-                        + ("DIR/train/<wnid>/ and DIR/val/<wnid>/" if what == "imagenet"
-                           else "DIR/cifar-10-batches-py/"))
+        raise UserError(f"--data-root {data_root} holds no {name} ({', '.join(m + '/' for m in missing)} missing); "
+                        "expected DIR/cifar-10-batches-py/")
+
+
+LAYOUT_KEYS = ("runtime.trainers", "conadv.attack_workers", "runtime.timed_layout")
+
+
+def with_gpus(cfg: Config, gpus_per_run: int) -> Config:
+    """`cfg` on `gpus_per_run` processes: its attack workers (ConAdv's), the rest trainers. The run id stays:
+    the device counts are not part of it, so a relaunch with another count resumes the same run."""
+    workers = cfg.conadv.attack_workers if cfg.method == "conadv" else 0
+    trainers = gpus_per_run - workers
+    if trainers < 1:
+        raise UserError(f"--gpus-per-run {gpus_per_run} leaves no trainer beside conadv.attack_workers={workers}; "
+                        f"allowed: at least {workers + 1}")
+    return cfg.replace({"runtime.trainers": trainers if trainers > 1 else 0})
 
 
 def expand(experiments: Iterable[Experiment], *, scale: str, runs_dir: Path, sets: Mapping[str, str],
-           data_root: str = "", check_data: bool = True) -> list[PlannedRun]:
+           data_root: str = "", check_data: bool = True, gpus_per_run: int = 0) -> list[PlannedRun]:
     """Every run of the experiments at `scale`, each once, in declaration order. `check_data=False`
-    (status, cancel, the analysis) plans without the dataset: its path is not part of a run's id."""
+    (status, cancel, the analysis) plans without the dataset: its path is not part of a run's id.
+    `gpus_per_run` (0: as declared) lays out every run whose cell and `--set`s do not pin a layout."""
     check_scale(scale)
     if check_data:
         check_data_root(scale, data_root or str(sets.get("data_root", "")))
@@ -102,6 +123,8 @@ def expand(experiments: Iterable[Experiment], *, scale: str, runs_dir: Path, set
                 aa = bool(values.get("autoaugment", False))
                 values.update({k: v for k, v in sets.items() if applies_to(k, method, aa)})
                 cfg = build_config(values)
+                if gpus_per_run and not any(key in values for key in LAYOUT_KEYS):
+                    cfg = with_gpus(cfg, gpus_per_run)
                 run_id = cfg.run_id()
                 if run_id not in runs:
                     runs[run_id] = PlannedRun(cfg, runs_dir / scale / run_id)
@@ -118,12 +141,37 @@ def parse_sets(items: Iterable[str]) -> dict[str, str]:
     return sets
 
 
-def _matches(run: PlannedRun, key: str, wanted: set[str]) -> bool:
+# Text that names a batch size (`32k`): compared as the number it stands for, so `32K` and `32768` match it.
+BATCH_TEXT = ("paper_batch", "column")
+
+
+def _canonical(key: str, value: Any) -> Any:
+    """`value` as --only compares it: text without case, as `--set` reads `32K` and `TRUE`; a batch size by
+    its number."""
+    if not isinstance(value, str):
+        return value
+    if key in BATCH_TEXT:
+        try:
+            return parse_batch(value)
+        except ValueError:
+            pass  # a column that is not a batch size (Table 5's p=3)
+    return value.strip().casefold()
+
+
+def _sort_key(key: str, value: Any) -> tuple[int, float, str]:
+    """Numbers and batch sizes by size (1k before 16k), text alphabetically after them."""
+    canonical = _canonical(key, value)
+    if isinstance(canonical, (int, float)) and not isinstance(canonical, bool):
+        return (0, float(canonical), "")
+    return (1, 0.0, str(canonical).casefold())
+
+
+def _matches(run: PlannedRun, key: str, wanted: set[Any]) -> bool:
+    """Whether one of the run's values is among `wanted` (values already put through `_canonical`)."""
     if key in LABELS:
         index = LABELS.index(key)
-        return any(use[index] in wanted for use in run.uses)
-    value = run.config.flat()[key]
-    return value in {_coerce(key, w) for w in wanted}
+        return any(_canonical(key, use[index]) in wanted for use in run.uses)
+    return _canonical(key, run.config.flat()[key]) in wanted
 
 
 def apply_filters(runs: list[PlannedRun], items: Iterable[str]) -> list[PlannedRun]:
@@ -137,14 +185,14 @@ def apply_filters(runs: list[PlannedRun], items: Iterable[str]) -> list[PlannedR
         if key not in FIELDS and key not in LABELS:
             raise UserError(f"--only key {key!r} is unknown; allowed: {', '.join(LABELS)}, or a config key "
                             "such as method, autoaugment, paper_batch, attack.epsilon, seed")
-        wanted = {w.strip() for w in raw.split(",") if w.strip()}
-        if key not in LABELS:
-            for w in wanted:
-                _coerce(key, w)  # a value of the wrong type is its own one-line error
+        texts = {w.strip() for w in raw.split(",") if w.strip()}
+        # _coerce first: a value of the wrong type is its own one-line error.
+        wanted = {_canonical(key, w if key in LABELS else _coerce(key, w)) for w in texts}
         kept = [run for run in runs if _matches(run, key, wanted)]
         if not kept:
-            present = sorted({str(v) for run in runs for v in _values(run, key)})
-            raise UserError(f"--only {key}={raw} matches no run; values here: {', '.join(present) or 'none'}")
+            present = {str(v): v for run in runs for v in _values(run, key)}
+            listed = sorted(present, key=lambda text: _sort_key(key, present[text]))
+            raise UserError(f"--only {key}={raw} matches no run; values here: {', '.join(listed) or 'none'}")
         runs = kept
     return runs
 

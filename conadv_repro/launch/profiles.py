@@ -1,7 +1,9 @@
-"""Cluster profiles: `slurm/profiles/NAME.toml` at the repository root, one per cluster.
+"""Cluster profiles: `slurm/profiles/NAME.toml` at the repository root, one per cluster (CONADV_PROFILES
+names another folder), or any .toml file given by its path (`--profile path/to/mine.toml`, named `mine`).
 
     partition = "gpu"          # Slurm partition
     gpus_per_node = 8          # GPUs per node; a job asks for one per process of its run
+    gpus_per_run = 0           # GPUs (processes) per run; 0: 8 at the paper scale (at most a node), else 1
     cpus_per_task = 10
     mem_gb = 64                # memory per task
     gpu_mem_gb = 80            # memory of one GPU in GiB; 0: not known (launch and --estimate check no memory)
@@ -35,6 +37,7 @@ class Profile:
     cpus_per_task: int = 2
     mem_gb: int = 8
     gpu_mem_gb: int = 0
+    gpus_per_run: int = 0
     time_min: int = 1440
     account: str = ""
     qos: str = ""
@@ -43,6 +46,20 @@ class Profile:
 
 
 PROFILES_ENV = "CONADV_PROFILES"
+PAPER_GPUS_PER_RUN = 8  # one node of most GPU clusters: the paper scale's DisAdv and ConAdv fit a day on it
+
+
+def gpus_per_run(profile: Profile, scale: str, requested: int = 0) -> int:
+    """Processes (one GPU each) a run gets unless its experiment pins its layout: `--gpus-per-run`, else
+    the profile's `gpus_per_run`, else PAPER_GPUS_PER_RUN at the paper scale (at most one node of the
+    profile's GPUs) and 1 at the others."""
+    if requested:
+        return requested
+    if profile.gpus_per_run:
+        return profile.gpus_per_run
+    if scale == "paper" and profile.gpus_per_node:
+        return min(PAPER_GPUS_PER_RUN, profile.gpus_per_node)
+    return 1
 
 
 def profiles_dir() -> Path:
@@ -56,13 +73,28 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
 
 
+def is_profile_path(name: str) -> bool:
+    """Whether `--profile` names a file (`x.toml`, `dir/x`) rather than a profile of the profiles folder."""
+    return name.endswith(".toml") or "/" in name or os.sep in name
+
+
 def load_profile(name: str | None) -> Profile:
+    """`--profile NAME` (NAME.toml in `profiles_dir()`) or `--profile PATH` (a .toml file, named after its
+    stem); None is the default profile."""
     if name is None:
         return Profile()
-    path = profiles_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"unknown profile {name!r}; allowed: {', '.join(available_profiles()) or 'none'} "
-                        f"(files in slurm/profiles/)")
+    if is_profile_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"--profile {name}: no such file ({path.absolute()}); allowed: a profile's .toml file, "
+                            "or the NAME of one in the profiles folder")
+        name = path.stem
+    else:
+        path = profiles_dir() / f"{name}.toml"
+        if not path.is_file():
+            folder = profiles_dir() if os.environ.get(PROFILES_ENV) else "slurm/profiles/"
+            raise UserError(f"unknown profile {name!r}; allowed: {', '.join(available_profiles()) or 'none'} "
+                            f"(files in {folder}), or the path of a .toml file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as error:

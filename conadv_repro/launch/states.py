@@ -3,7 +3,8 @@
 1. the record's `finished`, `failed` or `diverged`;
 2. `running` (a live lock held by a training process) or `queued` (a live claim: submitted, not
    started);
-3. `unfinished` (a run directory and no live lock: its process died, with or without a checkpoint);
+3. `unfinished` (a run directory and no live lock: its process died or was interrupted, with or without
+   a checkpoint);
 4. `missing`.
 
 Liveness follows conadv_repro/engine/lock.py (read through conadv_repro/lock_state.py); Slurm is asked once per call for every live job

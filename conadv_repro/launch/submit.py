@@ -204,6 +204,49 @@ def job_resources(cluster: str, profile: Profile, tasks: int, *, local_gpus: int
     return {"tasks_per_node": per_node, "nodes": tasks // per_node, "gpus_per_node": per_node}
 
 
+LOCAL_TIMEOUT_MIN = 60 * 24 * 7
+
+
+def job_request(cluster: str, profile: Profile, tasks: int, *, local_gpus: int = 0) -> dict[str, Any]:
+    """What one job of a run on `tasks` processes asks for, in words a user checks against the cluster:
+    nodes, tasks, GPUs, CPUs per task, memory per node (GB, None: not asked) and time limit (minutes)."""
+    if cluster == "debug":
+        return {"nodes": 1, "tasks": 1, "gpus": min(1, local_gpus), "cpus_per_task": None, "mem_gb": None,
+                "time_min": None}
+    resources = job_resources(cluster, profile, tasks, local_gpus=local_gpus)
+    nodes = int(resources.get("nodes", 1))
+    request = {"nodes": nodes, "tasks": nodes * int(resources["tasks_per_node"]),
+               "gpus": nodes * int(resources.get("gpus_per_node", 0))}
+    if cluster == "local":
+        return {**request, "cpus_per_task": None, "mem_gb": None, "time_min": LOCAL_TIMEOUT_MIN}
+    return {**request, "cpus_per_task": profile.cpus_per_task, "mem_gb": profile.mem_gb, "time_min": profile.time_min}
+
+
+def describe_request(request: dict[str, Any]) -> str:
+    nodes, tasks, gpus = request["nodes"], request["tasks"], request["gpus"]
+    parts = [f"{nodes} node{'s' if nodes != 1 else ''}", f"{tasks} task{'s' if tasks != 1 else ''}",
+             f"{gpus} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"]
+    if request["cpus_per_task"]:
+        parts.append(f"{request['cpus_per_task']} CPUs per task")
+    if request["mem_gb"]:
+        parts.append(f"{request['mem_gb']} GB of memory per node")
+    if request["time_min"]:
+        hours, minutes = divmod(int(request["time_min"]), 60)
+        parts.append(f"time limit {hours}:{minutes:02d}:00")
+    return ", ".join(parts)
+
+
+def request_lines(cluster: str, profile: Profile, job_tasks: list[int], *, local_gpus: int = 0) -> list[str]:
+    """One line per distinct job shape of a launch: how many jobs ask for what."""
+    shapes: dict[str, int] = {}
+    for tasks in job_tasks:
+        text = describe_request(job_request(cluster, profile, tasks, local_gpus=local_gpus))
+        shapes[text] = shapes.get(text, 0) + 1
+    source = f"profile {profile.name}" if cluster == "slurm" else f"this machine, {local_gpus} GPUs"
+    return [f"  {count} job{'s' if count != 1 else ''} each ask for: {text} ({source})"
+            for text, count in shapes.items()]
+
+
 def slurm_answers() -> bool:
     """Whether a Slurm controller answers here (sbatch on PATH and `sinfo` succeeding)."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
@@ -226,7 +269,7 @@ def choose_cluster(requested: str | None) -> str:
     return requested
 
 
-def make_executor(cluster: str, folder: Path, profile: Profile, *, local_timeout_min: int = 60 * 24 * 7) -> Any:
+def make_executor(cluster: str, folder: Path, profile: Profile, *, local_timeout_min: int = LOCAL_TIMEOUT_MIN) -> Any:
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=30)
