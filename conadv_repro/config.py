@@ -180,9 +180,15 @@ class RuntimeConfig:
                            "results do not depend on their devices")
     dist_backend: str = _f("auto", "torch.distributed backend: auto (nccl on CUDA, gloo on the CPU), nccl, gloo",
                            choices=("auto", "nccl", "gloo"), hashed=False)
-    dist_timeout_s: float = _f(1800.0, "timeout of every collective and point-to-point transfer, seconds: a "
-                               "lost rank ends the job with an error instead of a hang", positive=True,
-                               hashed=False)
+    dist_timeout_s: float = _f(1800.0, "timeout of every collective and point-to-point transfer until each "
+                               "rank's first step is done (start-up, torch.compile and cuDNN autotuning happen "
+                               "there), seconds: a lost rank ends the job with an error instead of a hang",
+                               positive=True, hashed=False)
+    dist_step_timeout_s: float = _f(600.0, "the same timeout from each rank's second step on, seconds: a stalled "
+                                    "or lost rank ends the run as failed, naming the rank, within about this "
+                                    "long; it must exceed rank 0's end-of-epoch evaluation plus a checkpoint "
+                                    "write, which the other ranks wait out in a collective", positive=True,
+                                    hashed=False)
     autocast: str = _f("none", "mixed precision on CUDA: none or bf16 (changes the numbers, so it "
                        "is part of the run id)", choices=("none", "bf16"))
     channels_last: bool = _f(True, "channels_last memory format on CUDA", hashed=False)

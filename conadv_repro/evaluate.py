@@ -56,11 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, object] = {"runtime.device": args.device}
     if args.data_root is not None:
         overrides["data_root"] = str(existing_folder(args.data_root, "--data-root", DATA_ROOT_ALLOWED))
+    elif cfg.data_root and not Path(cfg.data_root).is_dir():
+        raise UserError(f"the run's data_root {cfg.data_root} is not a folder here (moved, or another machine); "
+                        "point the run at its data with --data-root DIR")
     if args.batch_size is not None:
         overrides["runtime.eval_batch"] = args.batch_size
     cfg = cfg.replace(overrides)
     if args.checkpoint is not None:
-        state, path = _named_checkpoint(args.checkpoint, cfg.run_id()), args.checkpoint
+        path = args.checkpoint
+        if not path.is_absolute() and not path.exists() and (rd.path / path).exists():
+            path = rd.path / path  # `checkpoints/final.pt`, as the run directory lists it
+        state = _named_checkpoint(path, cfg.run_id())
     else:
         loaded = load_latest_checkpoint(rd.path)
         if loaded is None:

@@ -52,6 +52,7 @@ def read_lock(run_dir: Path) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host and has not ended (a zombie has: it waits to be reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,20 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         # PermissionError: it exists but belongs to another user; anything else: assume alive.
         return True
-    return True
+    # A killed job whose parent has not reaped it yet (a launcher gone, an init that reaps late) still
+    # answers signal 0; counted alive, its claim would hold the runs it never trains.
+    return process_state(pid) != "Z"
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, D, Z, ...); None where there is no /proc or no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2, in parentheses) may hold spaces and ')': the state follows the last ')'.
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
 
 
 def slurm_job_gone(job_id: str) -> bool:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conadv_repro.data.imagenet_layout import IMG_EXTENSIONS, check_imagenet_layout
 from conadv_repro.errors import UserError
-from conadv_repro.launch.data_layout import IMG_EXTENSIONS, check_imagenet_layout
 from conadv_repro.launch.plan import check_data_root
 from tests.helpers import run_cli
 
@@ -71,6 +71,15 @@ def test_a_flat_val_is_refused_with_how_to_sort_it(tmp_path):
     assert f"{root / 'val'} holds 5 images directly and no class folders" in message
     assert "expected DIR/val/<wnid>/*.JPEG" in message
     assert "valprep.sh" in message and "ground truth" in message
+
+
+def test_images_beside_the_class_folders_are_refused(tmp_path):
+    # A valprep.sh stopped half-way: ImageFolder would leave the loose images out of the split without a word.
+    root = imagenet_tree(tmp_path / "imagenet")
+    (root / "val" / "ILSVRC2012_val_00000001.JPEG").touch()
+    message = refusal(root)
+    assert f"{root / 'val'} holds 1 image directly beside its 3 class folders" in message
+    assert "valprep.sh" in message
 
 
 def test_a_class_only_in_train_is_refused_naming_it(tmp_path):

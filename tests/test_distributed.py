@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,24 +164,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ranks(args: list[str], world: int, env: dict[str, str]) -> list[subprocess.Popen]:
+    """The ranks as Slurm tasks would be: processes with RANK/WORLD_SIZE/MASTER_* set, no agent between them."""
+    port = _free_port()
+    return [subprocess.Popen(args, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for rank in range(world)]
+
+
+def wait_for_rows(run_dir: Path, procs: list[subprocess.Popen], rows: int = 2, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= rows):
+        assert time.time() < deadline, "the run did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.2)
+
+
 def test_a_killed_rank_ends_the_job_with_an_error_naming_it(tmp_path, cli_env):
-    # The ranks as Slurm tasks would be: three processes with RANK/WORLD_SIZE/MASTER_* set, no agent.
-    port, world = _free_port(), 3
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *SMALL, "method=conadv",
             "conadv.attack_workers=1", "steps=100000", "runtime.dist_timeout_s=120"]
-    procs = []
-    for rank in range(world):
-        env = {**cli_env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = start_ranks(args, 3, cli_env)
     try:
-        deadline = time.time() + 120
-        metrics = run_dir / "metrics.jsonl"
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-            assert time.time() < deadline, "the run did not start"
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            time.sleep(0.2)
+        wait_for_rows(run_dir, procs)
         procs[2].send_signal(signal.SIGKILL)  # the attack worker
         started = time.time()
         outputs = [p.communicate(timeout=90) for p in procs[:2]]
@@ -197,3 +205,61 @@ def test_a_killed_rank_ends_the_job_with_an_error_naming_it(tmp_path, cli_env):
     assert rank0_err[-1].startswith("error: rank 0 of 3 (trainer): lost contact with rank(s) 2"), rank0_err[-5:]
     assert "Traceback" not in outputs[0][1]
     assert os.path.exists(run_dir / "record.json")
+
+
+def test_a_stalled_rank_fails_the_run_naming_it_within_the_step_timeout(tmp_path, cli_env):
+    # SIGSTOP keeps rank 1's sockets open (a dead rank's close at once): only the steady-state timeout, from
+    # the second step on, ends rank 0's wait, and the record names the silent rank.
+    step_timeout = 5
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *SMALL, "method=vanilla",
+            "steps=100000", "runtime.dist_timeout_s=120", f"runtime.dist_step_timeout_s={step_timeout}"]
+    procs = start_ranks(args, 2, cli_env)
+    try:
+        wait_for_rows(run_dir, procs)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        out, err = procs[0].communicate(timeout=90)
+        took = time.time() - stopped
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    # The step timeout, the watch's poll, and lost_ranks' few seconds of grace: well under a minute.
+    assert step_timeout <= took < 40, took
+    assert procs[0].returncode not in (0, None)
+    # Whichever sees it first, gloo's timeout or the stall watch, names rank 1 (on NCCL only the watch can).
+    named = r"rank 0 of 2 \(trainer\): (lost contact with rank\(s\) 1: |rank\(s\) 1 silent for 5 s \(stalled or lost\))"
+    lines = err.strip().splitlines()
+    assert re.match("error: " + named, lines[-1]), lines[-5:]
+    assert "Traceback" not in err
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "failed" and re.match(named, record["error"]), record.get("error")
+
+
+def test_an_early_stop_with_attack_workers_ahead_shuts_down_cleanly(tmp_path, cli_env):
+    # tau=2: when the trainers stop (here: a loss that diverges in step 3), the attack worker has attacked and
+    # sent steps 3 and 4 already (theta_2 reaches them). The trainers take both in and then send STOP; the
+    # worker waits on its last sends before it leaves: nothing pending reaches destroy_process_group
+    # (distributed/attack_link.py).
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "conadv_repro.train", "--run-dir", str(run_dir), *SMALL, "method=conadv",
+            "conadv.attack_workers=1", "conadv.tau=2", "steps=30", "optim.name=sgd", "optim.lr=1e8",
+            "schedule.warmup_epochs=0", "runtime.dist_step_timeout_s=30"]
+    procs = start_ranks(args, 2, cli_env)
+    try:
+        outputs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "diverged" and record["steps_done"] == 2, record
+    (out0, err0), (out1, err1) = outputs
+    assert "rank 0 of 2 (trainer): stopped after step 3; drained 2 in-flight adversarial batches" in out0, out0[-2000:]
+    assert "rank 1 of 2 (attacker): the trainers stopped; attacked steps 0..4, every send taken in" in out1, \
+        out1[-2000:] + err1[-2000:]
+    assert not err0.strip() and not err1.strip(), err0[-2000:] + err1[-2000:]
+    assert [p.returncode for p in procs] == [1, 1]  # the run did not finish: neither rank says it did

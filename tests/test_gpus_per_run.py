@@ -60,6 +60,11 @@ def test_gpus_per_run_lays_out_free_runs_and_leaves_pinned_ones(tmp_path):
     pinned = expand(load_experiments(["table1"]), scale="proxy", runs_dir=tmp_path,
                     sets={"runtime.trainers": "4"}, gpus_per_run=2)
     assert {r.config.runtime.trainers for r in pinned} == {4}
+    # Attack workers count among the GPUs: 3 per ConAdv run is 2 trainers + 1 worker.
+    workers = expand(load_experiments(["table1"]), scale="proxy", runs_dir=tmp_path,
+                     sets={"conadv.attack_workers": "1"}, gpus_per_run=3)
+    conadv = [r.config for r in workers if r.config.method == "conadv"]
+    assert conadv and {(c.runtime.trainers, c.conadv.attack_workers) for c in conadv} == {(2, 1)}
 
 
 def test_the_default_gpus_per_run_is_eight_at_the_paper_scale_on_a_gpu_profile():
@@ -93,7 +98,8 @@ def test_a_paper_launch_without_gpus_is_refused_unless_allowed(paper_args, capsy
     assert status == 2 and "--scale paper would train on CPUs only (no --profile was given)" in err
     assert "slurm/profiles/example-gpu.toml" in err and "--allow-cpu" in err and not out
     status, out, _ = call_main(cli.main, [*paper_args, "--allow-cpu"], capsys)
-    assert status == 0 and "1 GPU" not in out and "no GPU" in out
+    assert status == 0 and "28 jobs each ask for: 1 node, 1 task, no GPU," in out and "1 GPU" not in out
+    assert "each job (1 process per run unless an experiment pins its layout: the default without a GPU profile)" in out
 
 
 def test_the_dry_run_shows_the_jobs_gpus_and_another_count_keeps_the_run_ids(paper_args, capsys):
@@ -108,10 +114,17 @@ def test_the_dry_run_shows_the_jobs_gpus_and_another_count_keeps_the_run_ids(pap
     def ids(text: str) -> list[str]:
         return re.findall(r" ([0-9a-f]{12})$", text, flags=re.M)
     assert len(ids(eight)) == 28 and ids(eight) == ids(one)
-    # status takes what launch takes
-    status, _, err = call_main(cli.main, ["status", *paper_args[:-1], "--profile", "example-gpu",
-                                          "--gpus-per-run", "2", "--set", "runtime.trainers=2"], capsys)
-    assert status == 0, err
+    # status takes the selection launch takes, and refuses what only acts on a launch (cancel --dry-run cancelled)
+    for layout in (["--gpus-per-run", "2"], ["--set", "runtime.trainers=2"]):
+        status, out, err = call_main(cli.main, ["status", *paper_args[:-1], "--profile", "example-gpu", *layout],
+                                     capsys)
+        assert status == 0 and out.strip().splitlines()[-1] == "28 runs: 28 missing", err
+    status, _, err = call_main(cli.main, ["cancel", *paper_args], capsys)
+    assert status == 2 and err.strip() == ("error: --dry-run has no use with cancel; allowed there: the selection "
+                                           "(experiments, --scale, --only, --set, --runs-dir, --profile, "
+                                           "--gpus-per-run, --data-root)")
+    status, _, err = call_main(cli.main, [*paper_args, "--gpus-per-run", "2", "--set", "runtime.trainers=2"], capsys)
+    assert status == 2 and "--gpus-per-run 2 and --set runtime.trainers=... both lay out the runs" in err
 
 
 def test_the_estimate_names_runs_past_the_time_limit_and_their_requeues(paper_args, capsys):

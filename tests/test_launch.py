@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from conadv_repro.engine.run import run_training
 from conadv_repro.engine.trainer import Trainer
 from conadv_repro.launch import cli
 from conadv_repro.launch.plan import apply_filters, expand
+from conadv_repro.lock_state import process_state
 from conadv_repro.registry import load_experiments
 from tests.helpers import call_main, run_cli
 
@@ -174,6 +177,65 @@ def test_cancel_stops_running_jobs_and_releases_their_claims(tmp_path, cli_env, 
         assert wait_gone(pid), f"process {pid} still runs after cancel"
     after = launch_status(args, capsys)
     assert after.strip().splitlines()[-1] == "1 run: 1 unfinished"
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture
+def reaps_late():
+    """This process adopts the orphans it starts and reaps them only when told: an init that reaps late,
+    as some containers' does, made deterministic (elsewhere a killed job is a zombie for a moment or not)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not sys.platform.startswith("linux") or libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip("needs Linux's child subreaper")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        for pid in orphans():  # adopted: reaped here, or they would stay zombies until pytest ends
+            if process_state(pid) == "Z":
+                os.waitpid(pid, os.WNOHANG)
+
+
+def orphans() -> list[int]:
+    """This process's children that are not subprocess.Popen's (which reaps its own)."""
+    mine = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            mine.append(int(stat.parent.name))
+    return mine
+
+
+def test_a_killed_local_job_relaunched_at_once_resumes(tmp_path, cli_env, reaps_late):
+    runs = tmp_path / "runs"
+    args = [*LAUNCH, "table1", "--only", "method=vanilla", "--only", "paper_batch=32k", "--only", "autoaugment=false",
+            "--set", "steps=6", "--set", "runtime.checkpoint_every=2", "--runs-dir", str(runs), "--cluster", "local"]
+    out = run_cli([*args, "--no-wait"], cli_env, tmp_path)
+    assert "submitted 1 run in 1 job to local" in out.stdout, out.stdout + out.stderr
+    run_dir = plan(runs, "method=vanilla", "paper_batch=32k", "autoaugment=false",
+                   sets={"steps": "6", "runtime.checkpoint_every": "2"})[0].run_dir
+    deadline = time.time() + 120
+    while not list((run_dir / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    lock = json.loads((run_dir / "lock.json").read_text())
+    assert isinstance(lock.get("pid"), int) and isinstance(lock.get("local_job_pid"), int), lock
+    for pid in (lock["local_job_pid"], lock["pid"]):  # what `launch cancel` kills, but the claim stays
+        os.kill(pid, signal.SIGKILL)
+    for pid in (lock["local_job_pid"], lock["pid"]):
+        assert wait_gone(pid) and process_state(pid) == "Z", pid  # dead, not yet reaped
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "running" and record["attempts"] == 1
+    again = run_cli(args, cli_env, tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.strip().splitlines()[-1] == "1 run: 1 finished", again.stdout
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "finished" and record["attempts"] == 2
+    assert record["layouts"][-1]["from_step"] >= 2  # resumed from the killed attempt's checkpoint
 
 
 def wait_gone(pid: int, timeout: float = 30) -> bool:

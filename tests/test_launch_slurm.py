@@ -38,6 +38,10 @@ def test_a_grid_runs_as_a_slurm_job_array(tmp_path, cli_env, slurm_partition):
     for launch in runs.glob("smoke/*/launch.json"):
         entry = json.loads(launch.read_text())["submissions"][-1]
         assert entry["cluster"] == "slurm" and "_" in entry["job_id"]  # array tasks
+        # what the attempt's job asked for, beside the run's layout (the local profile: a CPU partition)
+        assert entry["layout"] == {"processes": 1, "trainers": 1, "attack_workers": 0, "nodes": 1, "tasks": 1,
+                                   "gpus": 0, "cpus_per_task": entry["layout"]["cpus_per_task"],
+                                   "mem_gb": entry["layout"]["mem_gb"], "time_min": entry["layout"]["time_min"]}
         job_ids.add(entry["job_id"])
     assert len(job_ids) == 2
     again = run_cli([*LAUNCH, "table1", "--only", "paper_batch=64k", *SHORT, "--runs-dir", str(runs),

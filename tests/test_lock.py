@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from conadv_repro.engine.lock import (
     read_lock,
 )
 from conadv_repro.errors import UserError
+from conadv_repro.lock_state import pid_alive, process_state
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +144,28 @@ def test_dead_pid_on_this_host_is_taken_over(tmp_path: Path) -> None:
     lock.acquire()
     assert read_lock(tmp_path)["pid"] == os.getpid()  # type: ignore[index]
     lock.release()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_process_that_ended_but_is_not_reaped_is_dead(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, fork() may deadlock": it only exits
+        pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.time() + 10
+        while process_state(pid) != "Z" and time.time() < deadline:
+            time.sleep(0.01)
+        assert process_state(pid) == "Z"
+        os.kill(pid, 0)  # ended, and not reaped: it still answers signal 0
+        assert not pid_alive(pid)
+        _write_lock(tmp_path, pid=pid)
+        assert not lock_is_live(tmp_path)
+    finally:
+        os.waitpid(pid, 0)
+    assert process_state(pid) is None and not pid_alive(pid)
+    assert pid_alive(os.getpid()) and process_state(os.getpid()) in ("R", "S")
 
 
 def test_corrupt_lock_file(tmp_path: Path) -> None:

@@ -64,7 +64,8 @@ def test_a_moved_run_evaluates_and_exports_with_data_root(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path / "work")
 
     status, _, err = call_main(evaluate.main, [str(moved)], capsys)
-    assert str(origin / "inet") in _one_line_error(status, err)  # names the stored folder, gone now
+    message = _one_line_error(status, err)
+    assert str(origin / "inet") in message and "--data-root DIR" in message  # the stored folder, gone now
 
     after = _evaluate([str(moved), "--data-root", "../datasets/imagenet-2012", "--batch-size", "3"], capsys)
     assert _accuracies(after) == _accuracies(before)
@@ -75,6 +76,9 @@ def test_a_moved_run_evaluates_and_exports_with_data_root(tmp_path: Path, monkey
     first = _evaluate([str(moved), "--data-root", str(data), "--checkpoint",
                        str(moved / "checkpoints" / "step-00000001.pt")], capsys)
     assert (first["checkpoint"], first["step"]) == ("step-00000001.pt", 1)
+    relative = _evaluate([str(moved), "--data-root", str(data), "--checkpoint", "checkpoints/step-00000001.pt"],
+                         capsys)  # as the run directory lists it
+    assert relative == first
 
     # Export writes the class names, which it reads from the data folder, instead of label indices.
     status, _, err = call_main(export.main, [str(moved), "indices.pt"], capsys)
@@ -90,8 +94,8 @@ def test_a_moved_run_evaluates_and_exports_with_data_root(tmp_path: Path, monkey
         ([str(moved), "--data-root", str(moved / "config.json")], "is a file, not a folder"),
         ([str(moved), "--batch-size", "0"], "argument --batch-size: 0 is not allowed; it must be at least 1"),
         ([str(moved), "--batch-size", "many"], "argument --batch-size: 'many' is not an integer"),
-        ([str(moved), "--checkpoint", "missing.pt"], "--checkpoint missing.pt does not exist"),
-        ([str(moved), "--checkpoint", str(moved / "config.json")], "does not verify"),
+        ([str(moved), "--data-root", str(data), "--checkpoint", "missing.pt"], "--checkpoint missing.pt does not exist"),
+        ([str(moved), "--data-root", str(data), "--checkpoint", str(moved / "config.json")], "does not verify"),
     ):
         status, _, err = call_main(evaluate.main, argv, capsys)
         assert fragment in _one_line_error(status, err), argv

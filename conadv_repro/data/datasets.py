@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from conadv_repro.data.imagenet_layout import check_imagenet_layout
 from conadv_repro.data.sources import (
     EvalSet,
     FileImages,
@@ -296,12 +297,7 @@ def build_imagenet(
             "(e.g. data_root=/data/imagenet)"
         )
     folders = {part: Path(root) / part for part in ("train", "val")}
-    for folder in folders.values():
-        if not folder.is_dir():
-            raise UserError(
-                f"imagenet: '{folder}' is not a directory; expected the layout {IMAGENET_LAYOUT} "
-                f"with root='{root}'"
-            )
+    check_imagenet_layout(root, flag="data_root")  # what ImageFolder would say only as "no class folder"
     try:
         official_train, official_val = (ImageFolder(str(folder)) for folder in folders.values())
     except FileNotFoundError as error:

@@ -53,11 +53,15 @@ class MicroBatch:
         normalise = self.normalise
         # The loader's uint8 batches are channels-last in memory (see `assemble`); without channels_last
         # they become contiguous, as float batches are, so that the network sees the same layout.
-        unchanged = torch.preserve_format if normalise is None else torch.contiguous_format
-        memory_format = torch.channels_last if channels_last else unchanged
+        memory_format = torch.channels_last if channels_last else (
+            None if normalise is None else torch.contiguous_format)
 
         def move(images: torch.Tensor) -> torch.Tensor:
-            moved = images.to(device, non_blocking=non_blocking, memory_format=memory_format)
+            # Copied in its own layout, then laid out on the device: a copy to another layout would be
+            # transposed on the host into unpinned memory first, and then copied synchronously.
+            moved = images.to(device, non_blocking=non_blocking)
+            if memory_format is not None:
+                moved = moved.contiguous(memory_format=memory_format)
             return moved if normalise is None else normalise.on_device(moved)
 
         return MicroBatch(

@@ -18,6 +18,13 @@ anything is sent.
 Timeline with tau=1: while the trainers run step t on clean_t and adv_t, the workers, holding theta_t
 (broadcast after step t-1), attack batch t+1 and send it; the trainers pre-post the receives of step
 t+1 as soon as step t's have arrived, so the transfer also overlaps the update.
+
+Stopping early (divergence, a lost lock, Ctrl-C): the workers may be up to tau steps ahead, their sends
+in flight and the trainers' next receives posted. So the trainers first take in every step the workers
+can attack with the weights already broadcast (theta_k reaches the attacks of steps up to k + tau), then
+broadcast STOP; a worker that reads STOP waits on its last sends, all matched by then, and leaves. No
+send or receive is pending when the process group is destroyed. (After a transport failure the group is
+broken: nothing is drained, and the error ends the process.)
 """
 
 from __future__ import annotations
@@ -104,11 +111,14 @@ def packet(kind: int, step: int, model: nn.Module | None, numel: int, device: to
 
 
 class WeightsSender:
-    """Trainer 0's side of the broadcast (asynchronous: the trainer goes on with its next step)."""
+    """Trainer 0's side of the broadcast (asynchronous: the trainer goes on with its next step). The other
+    trainers keep the same account without sending, so that all of them know what the workers hold."""
 
     def __init__(self, ctx: DistContext, device: torch.device, start: int, total: int, tau: int, numel: int):
         self.ctx, self.device, self.numel = ctx, device, numel
-        self.queue = weight_steps(start, total, tau) if ctx.rank == 0 else []
+        self.sends = ctx.rank == 0
+        self.queue = weight_steps(start, total, tau)
+        self.last_sent = -1  # the newest theta broadcast: the workers can attack up to last_sent + tau
         self._works: list[Any] = []
         self._keep: list[Tensor] = []
         self.seconds = 0.0  # host time spent issuing broadcasts (the transfer itself is asynchronous)
@@ -118,13 +128,16 @@ class WeightsSender:
         """Send theta_step if the workers need it next."""
         if self.queue and self.queue[0] == step:
             self.queue.pop(0)
-            self._send(WEIGHTS, step, model)
+            if self.sends:
+                self._send(WEIGHTS, step, model)
+            self.last_sent = step
 
     def stop(self) -> None:
         """Tell the workers that no more weights will come (the trainers stopped early)."""
         if self.queue:
             self.queue = []
-            self._send(STOP, -1, None)
+            if self.sends:
+                self._send(STOP, -1, None)
 
     def _send(self, kind: int, step: int, model: nn.Module | None) -> None:
         t0 = time.perf_counter()
@@ -181,8 +194,10 @@ class WeightsReceiver:
 class AdversarialReceiver:
     """A trainer's side: its slice of each step's adversarial batch, receives posted one step ahead."""
 
-    def __init__(self, ctx: DistContext, device: torch.device, batch: int, total: int):
+    def __init__(self, ctx: DistContext, device: torch.device, batch: int, start: int, total: int):
         self.ctx, self.device, self.total = ctx, device, total
+        self.consumed = start - 1  # the newest step whose examples the trainer has taken
+        self._shape: tuple[int, ...] | None = None
         self.local = batch // ctx.trainers
         self.base = ctx.trainer_rank * self.local
         self.incoming = [t for t in transfer_plan(batch, ctx.trainers, ctx.attack_workers)
@@ -198,15 +213,34 @@ class AdversarialReceiver:
 
     def batch(self, step: int, sample_shape: tuple[int, ...]) -> Tensor:
         """This trainer's adversarial examples of `step` (waits for them)."""
+        self._shape = sample_shape
         if step not in self._posted:
             self._post(step, sample_shape)
         buffer, works = self._posted.pop(step)
         with self.waiting.span():
             for work in works:
                 work.wait()
+        self.consumed = step
         if step + 1 < self.total and step + 1 not in self._posted:
             self._post(step + 1, sample_shape)
         return buffer
+
+    def drain(self, through: int) -> int:
+        """Take in (and drop) the steps after the last consumed one, through `through`, that the workers have
+        attacked or will attack; returns how many. Afterwards nothing is posted."""
+        last = min(through, self.total - 1)
+        if self._shape is not None:  # before the first step the shape is unknown: nothing was posted either
+            for step in range(self.consumed + 1, last + 1):
+                if step not in self._posted:
+                    self._post(step, self._shape)
+        taken = 0
+        for step in sorted(self._posted):
+            _, works = self._posted.pop(step)
+            for work in works:
+                work.wait()
+            taken += 1
+        self.consumed = max(self.consumed, last)
+        return taken
 
 
 class AdversarialSender:

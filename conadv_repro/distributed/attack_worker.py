@@ -77,7 +77,7 @@ class AttackWorker:
             source = source_step(step, tau)
             while source not in snapshots:
                 if not receiver.confirm():  # the receipt before this one must not have been a STOP
-                    return {"status": "stopped", "steps": step - start}
+                    return self._stopped(sender, step, start)
                 k = queue.pop(0)
                 module = spares.pop() if spares else copy.deepcopy(self.network)
                 receiver.post(k, module)
@@ -95,7 +95,16 @@ class AttackWorker:
             # The attack is queued; only now does the host wait, for the weights' header: a STOP means the
             # trainers are gone and nothing may be sent to them.
             if not receiver.confirm():
-                return {"status": "stopped", "steps": step - start}
+                return self._stopped(sender, step, start)
             sender.send(adversarial)
+            self.ctx.settle(cfg.runtime.dist_step_timeout_s)  # past start-up: the steady-state timeout
         sender.wait()
         return {"status": "finished", "steps": total - start, "attack_s": self.attacking.seconds}
+
+    def _stopped(self, sender: AdversarialSender, step: int, start: int) -> dict[str, Any]:
+        """STOP from the trainers: they have taken in every batch sent (attack_link.py), so the last sends
+        complete; wait on them, so that none is pending when the process group is destroyed."""
+        sender.wait()
+        self.log(f"{self.ctx.name()}: the trainers stopped; attacked steps {start}..{step - 1}, every send taken in")
+        return {"status": "stopped", "steps": step - start, "attack_s": self.attacking.seconds}
+

@@ -4,9 +4,11 @@ A run is started by torchrun (locally) or by the launcher on Slurm (one task per
 from `submitit.helpers.TorchDistributedEnvironment`); both set RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR and MASTER_PORT. Ranks 0 .. T-1 are trainers (data parallel over the trainer group), ranks
 T .. T+N-1 are ConAdv's attack workers (`conadv.attack_workers=N`). Rank 0 is the only one that writes
-to the run directory. Every collective has `runtime.dist_timeout_s` as its timeout, so a lost rank ends
-the job with an error instead of a hang; a heartbeat in the rendezvous store lets the survivors say
-which rank was lost.
+to the run directory. Every collective has `runtime.dist_timeout_s` as its timeout until the rank's
+first step is done, then `runtime.dist_step_timeout_s` (`settle`), so a lost or stalled rank ends the
+job with an error instead of a hang; a heartbeat in the rendezvous store lets the survivors say which
+rank was lost (and rank 0's stall watch, distributed/stall_watch.py, say so in the record even where
+NCCL's watchdog ends the process).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -22,11 +25,11 @@ import torch
 import torch.distributed as dist
 
 from conadv_repro.config import Config
+from conadv_repro.distributed.stall_watch import HEARTBEAT_KEY, LEFT_KEY, StallWatch, silent_ranks
 from conadv_repro.errors import UserError
 from conadv_repro.layout import check_layout, env_world_size
 
 HEARTBEAT_S = 1.0
-_HEARTBEAT_KEY = "conadv/heartbeat/{}"
 
 
 class RankLost(RuntimeError):
@@ -46,6 +49,7 @@ class DistContext:
     trainer_group: Any = None  # DDP's group; None = the default group
     weights_group: Any = None  # trainer 0 + the attack workers: theta_t's broadcast
     _heartbeat: Any = field(default=None, repr=False)
+    _settled: bool = field(default=False, repr=False)
 
     @property
     def multi(self) -> bool:
@@ -78,16 +82,48 @@ class DistContext:
     def name(self) -> str:
         return f"rank {self.rank} of {self.world_size} ({self.role})"
 
+    def settle(self, timeout_s: float) -> None:
+        """From now on, every collective of this rank times out after `timeout_s`: the steady state, once the
+        first step (start-up, compilation, autotuning) is behind it. Once per process; nothing when single."""
+        if not self.multi or self._settled:
+            return
+        self._settled = True
+        timeout = timedelta(seconds=timeout_s)
+        dist.set_timeout(timeout)
+        for group in (self.trainer_group, self.weights_group):
+            if group is not None and dist.get_rank(group) >= 0:  # -1: this rank is not in the group
+                dist.set_timeout(timeout, group)
+
     def close(self) -> None:
         if self._heartbeat is not None:
             # Joined before the teardown: a beat still inside the store's client when the process exits would
             # end it with "terminate called without an active exception".
             self._heartbeat.stop()
+            self._heartbeat.leave()
         if self.multi and dist.is_initialized():
             dist.destroy_process_group()
 
 
 SINGLE = DistContext()
+
+
+def local_gpu(local_rank: int) -> int:
+    """The index, among the CUDA devices this process sees, of the GPU of the node's local rank `local_rank`.
+
+    torchrun, and Slurm sites that give each task every GPU of its node, show each process all of them:
+    local rank r takes device r. Sites that bind one GPU to each task (CUDA_VISIBLE_DEVICES per task) show
+    each process only its own, as device 0, whatever its local rank. A process that sees one device takes
+    it; one that sees several and has no device of its number is refused in one line.
+    """
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return 0
+    if 0 <= local_rank < visible:
+        return local_rank
+    seen = f"sees {visible} GPUs (devices 0..{visible - 1})" if visible else "sees no GPU"
+    raise UserError(f"local rank {local_rank} has no GPU of its own: this process {seen}, and each process of "
+                    "a GPU run needs one; start at most one process per GPU (or give each task one GPU through "
+                    "CUDA_VISIBLE_DEVICES), or use runtime.device=cpu")
 
 
 def init_distributed(cfg: Config) -> DistContext:
@@ -108,11 +144,7 @@ def init_distributed(cfg: Config) -> DistContext:
         backend = "nccl" if torch.cuda.is_available() and cfg.runtime.device != "cpu" else "gloo"
     timeout = timedelta(seconds=cfg.runtime.dist_timeout_s)
     if backend == "nccl":
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this node) "
-                            "and NCCL needs one GPU per process; start at most one process per GPU, or use "
-                            "runtime.device=cpu")
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_gpu(local_rank))
     dist.init_process_group(backend, timeout=timeout)
     trainer_group = dist.new_group(list(range(trainers)), timeout=timeout) if workers else None
     weights_group = dist.new_group([0, *range(trainers, world)], timeout=timeout) if workers else None
@@ -134,7 +166,7 @@ class _Heartbeat:
     """A daemon thread that writes this rank's time into the rendezvous store every HEARTBEAT_S seconds."""
 
     def __init__(self, store: Any, rank: int):
-        self._store, self._key = store, _HEARTBEAT_KEY.format(rank)
+        self._store, self._key, self._rank = store, HEARTBEAT_KEY.format(rank), rank
         self._stopped = threading.Event()
         self._store.set(self._key, repr(time.time()))
         self._thread = threading.Thread(target=self._beat, name="conadv-heartbeat", daemon=True)
@@ -151,6 +183,13 @@ class _Heartbeat:
         self._stopped.set()
         self._thread.join(timeout=2 * HEARTBEAT_S)
 
+    def leave(self) -> None:
+        """Say in the store that this rank left on its own, so that the others do not call it lost."""
+        try:
+            self._store.set(LEFT_KEY.format(self._rank), repr(time.time()))
+        except Exception:  # noqa: BLE001 - the store's host is gone already
+            pass
+
 
 def _start_heartbeat(rank: int) -> _Heartbeat | None:
     store = _store()
@@ -163,15 +202,17 @@ def lost_ranks(ctx: DistContext, *, stale_s: float = 4 * HEARTBEAT_S) -> str:
     if store is None:
         return "unknown"
     time.sleep(stale_s)  # a rank that died a moment ago still looks alive; the living keep beating
-    now, lost = time.time(), []
     try:
         store.set_timeout(timedelta(seconds=5))
-        for rank in range(ctx.world_size):
-            if rank == ctx.rank:
-                continue
-            last = float(store.get(_HEARTBEAT_KEY.format(rank)))
-            if now - last > stale_s:
-                lost.append(str(rank))
+        lost = silent_ranks(store, [r for r in range(ctx.world_size) if r != ctx.rank], time.time(), stale_s)
     except Exception:  # noqa: BLE001 - the store itself is gone: it lived with rank 0 (or the agent)
         return "0 (the rendezvous host) or the launcher"
-    return ", ".join(lost) or "none found (a collective timed out)"
+    return ", ".join(map(str, lost)) or "none found (a collective timed out)"
+
+
+def watch_peers(ctx: DistContext, after_s: float, on_stall: Callable[[list[int], float], None]) -> StallWatch | None:
+    """Rank 0's stall watch over every other rank (None when single, or without a store)."""
+    store = _store() if ctx.multi else None
+    if store is None:
+        return None
+    return StallWatch(store, [r for r in range(ctx.world_size) if r != ctx.rank], after_s, on_stall).start()

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from conadv_repro.distributed.context import DistContext
+from conadv_repro.distributed.context import DistContext, local_gpu
 from conadv_repro.model.split_bn import SplitBatchNorm2d, split_bn_modules
 
 _DDP_PARAMETERS = inspect.signature(DistributedDataParallel.__init__).parameters
@@ -73,12 +73,17 @@ class DataParallelReplicas(Replicas):
         self.group = ctx.trainer_group
         self.device = device
 
+    def gpu_index(self) -> int:
+        """DDP's device: the model's; an unindexed "cuda" (trainer.resolve_device) is the GPU `local_gpu`
+        gave this rank, which is not `local_rank` where each task sees only its own GPU."""
+        return self.device.index if self.device.index is not None else local_gpu(self.ctx.local_rank)
+
     def wrap(self, model: nn.Module, trained_branches: Iterable[str]) -> nn.Module:
         ignored = unused_branch_parameters(model, trained_branches)
         if ignored:
             # The documented way to keep parameters out of DDP's reducer (used by torchrec and others).
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        device_ids = [self.gpu_index()] if self.device.type == "cuda" else None
         # Buffers are not synchronised in forward: the BN statistics are reduced explicitly once per step.
         # (Newer torch names the switch forward_sync_buffers; both leave the initial sync, which is harmless:
         # every trainer builds the same seeded network.)

@@ -17,7 +17,7 @@ from typing import Any
 
 from conadv_repro.atomic import append_jsonl
 from conadv_repro.config import Config
-from conadv_repro.distributed.context import DistContext, RankLost, init_distributed, lost_ranks
+from conadv_repro.distributed.context import DistContext, RankLost, init_distributed, lost_ranks, watch_peers
 from conadv_repro.distributed.handshake import BUILD, DONE, START, Announcer
 from conadv_repro.engine.checkpoint import load_latest_checkpoint, save_checkpoint
 from conadv_repro.engine.lock import RunLock, check_not_held, requeue_requested
@@ -62,12 +62,18 @@ def run_training(cfg: Config, run_dir: str | Path, *, log: Callable[[str], None]
             return _lead(cfg, Path(run_dir), ctx, log, lock_token, tags)
         return follow(cfg, ctx, log)
     except Exception as error:
-        if ctx.multi and is_transport_error(error):
-            raise RankLost(f"{ctx.name()}: lost contact with rank(s) {lost_ranks(ctx)}: "
-                           f"{transport_reason(error)}") from error
+        if ctx.multi and is_transport_error(error) and not isinstance(error, RankLost):
+            raise rank_lost(ctx, error) from error
         raise
     finally:
         ctx.close()
+
+
+def rank_lost(ctx: DistContext, error: BaseException, stalled: str = "") -> RankLost:
+    """A transport failure as the error a user reads: which rank(s) went silent, and the backend's reason."""
+    if stalled:
+        return RankLost(f"{stalled}: {transport_reason(error)}")
+    return RankLost(f"{ctx.name()}: lost contact with rank(s) {lost_ranks(ctx)}: {transport_reason(error)}")
 
 
 def _lead(cfg: Config, run_dir: Path, ctx: DistContext, log: Callable[[str], None], lock_token: str | None,
@@ -191,10 +197,24 @@ def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log
         tracker.log(row, row["step"])
 
     spe, total = derived.steps_per_epoch, derived.total_steps
+    stalled: list[str] = []
+
+    def on_stall(ranks: list[int], seconds: float) -> None:
+        # From the watch's thread, while this one waits in a collective: the record says why before NCCL's
+        # watchdog (or gloo's timeout) ends the process.
+        message = (f"{trainer.dist.name()}: rank(s) {', '.join(map(str, ranks))} silent for {seconds:g} s "
+                   "(stalled or lost)")
+        stalled.append(message)
+        log(f"[{name}] {message}; the run stops")
+        rd.write_record({**record, "status": "failed", "error": message, "wall_time_s": elapsed()})
+
+    watch = None
     try:
         for step in range(start, total):
             trainer.stop_requested = lock.lost  # every trainer learns it in the step's all-reduce
             out = trainer.train_step(step, trainer.step_batches(step))
+            if watch is None and trainer.dist.multi:  # the steady state: see distributed/stall_watch.py
+                watch = watch_peers(trainer.dist, cfg.runtime.dist_step_timeout_s, on_stall)
             if out["stop"]:
                 raise LockLost(f"run directory {rd.path} was taken over by another process (or its claim "
                                "was cancelled); stopping without writing to it")
@@ -228,6 +248,8 @@ def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log
                                  "epoch_times": epoch_times})
             if steps_done % spe == 0 or steps_done % cfg.runtime.checkpoint_every == 0:
                 progress.restart_window(steps_done)
+        if watch is not None:  # the other ranks are done and leave: their silence is no stall
+            watch.stop()
         test = trainer.evaluate("test")
         train = trainer.evaluate("train")
         save_checkpoint(rd.path, total, {**trainer.state_dict(), "elapsed": elapsed(), "epoch_times": epoch_times,
@@ -259,10 +281,17 @@ def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log
             # the requeue command itself: the run did not fail, it stays resumable from its last checkpoint.
             log(f"[{name}] interrupted while its job was being requeued: {type(error).__name__}: {error}")
             raise
-        record.update(status="failed", error=f"{type(error).__name__}: {error}",
+        lost = rank_lost(trainer.dist, error, stalled[0] if stalled else "") \
+            if trainer.dist.multi and is_transport_error(error) else None
+        record.update(status="failed", error=str(lost) if lost else f"{type(error).__name__}: {error}",
                       traceback=traceback.format_exc()[-4000:], steps_done=trainer.step, wall_time_s=elapsed())
         rd.write_record(record)
+        if lost is not None:
+            raise lost from error
         raise
+    finally:
+        if watch is not None:
+            watch.stop()
 
 
 def _last_epoch_train_top1(rd: RunDirectory) -> float | None:

@@ -24,7 +24,7 @@ from conadv_repro.config import Config
 from conadv_repro.data.datasets import DataBundle, build_data
 from conadv_repro.data.loader import MicroBatch, eval_batches, train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
-from conadv_repro.distributed.context import SINGLE, DistContext
+from conadv_repro.distributed.context import SINGLE, DistContext, local_gpu
 from conadv_repro.distributed.replicas import make_replicas
 from conadv_repro.engine.determinism import configure_kernels
 from conadv_repro.engine.evaluation import evaluate, topk_correct
@@ -44,9 +44,10 @@ class Diverged(Exception):
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The device of this process; `local_rank` picks the GPU of a multi-process run's rank."""
+    """The device of this process; `local_rank` picks the GPU of a multi-process run's rank (`local_gpu`)."""
     if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank) if local_rank else torch.device("cuda")  # one GPU per process
+        index = local_gpu(local_rank)
+        return torch.device("cuda", index) if index else torch.device("cuda")  # one GPU per process
     if name == "auto":
         return torch.device("cpu")
     try:
@@ -183,7 +184,7 @@ class Trainer:
         self.method = build_method(MethodContext(
             cfg=cfg, model=self.model, device=self.device, num_classes=self.bundle.num_classes,
             mean=self.bundle.mean, std=self.bundle.std,
-            peek=self._peek, autocast=self.autocast, to_device=self.to_device, dist=dist))
+            peek=self._peek, autocast=self.autocast, to_device=self.to_device, dist=dist, log=self.log))
         self.replicas = make_replicas(dist, self.device)
         wrapped = self.replicas.wrap(self.model, self.method.trained_bn_branches())
         self.train_model: nn.Module = torch.compile(wrapped) if cfg.runtime.compile else wrapped
@@ -263,6 +264,7 @@ class Trainer:
         # weights with non-finite values, but nothing is written after it: the run ends as diverged, and the
         # method is not told of the update (no snapshot, no attack of those weights).
         loss_value, correct_value, stop_value, *branch_values = sums.tolist()
+        self.dist.settle(self.cfg.runtime.dist_step_timeout_s)  # the first step's collectives are done
         loss_value /= trainers
         if not math.isfinite(loss_value):
             raise Diverged(f"loss is {loss_value} in step {step + 1}")
@@ -295,7 +297,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
             "epoch_window": self.epoch_window.__dict__.copy(),
-            "rng": capture_rng(),  # plain data, so the checkpoint loads with weights_only=True
+            "rng": capture_rng(self.device),  # plain data, so the checkpoint loads with weights_only=True
             "run_id": self.cfg.run_id(),
             "micro_batch": self.derived.micro_batch,
         }
@@ -309,7 +311,7 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.epoch_window = Window(**state["epoch_window"])
         self.step = int(state["step"])
-        restore_rng(state["rng"])
+        restore_rng(state["rng"], self.device)  # rank 0's states, into this rank's own GPU (engine/rng.py)
 
     def close(self) -> None:
         self.method.close()

@@ -24,14 +24,19 @@ from typing import Any
 
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.launch.host_memory import host_memory_warnings
 from conadv_repro.launch.memory_check import memory_warnings
-from conadv_repro.launch.plan import PlannedRun, apply_filters, check_scale, expand, parse_sets
+from conadv_repro.launch.plan import LAYOUT_KEYS, PlannedRun, apply_filters, check_scale, expand, parse_sets
 from conadv_repro.launch.states import RunState, SlurmJobs, run_state, summary_line
 from conadv_repro.layout import check_layout, run_processes
 from conadv_repro.presets import LAUNCH_SCALES, SCALE_DESCRIPTIONS
 from conadv_repro.registry import experiment_names, load_experiments
 
 COMMANDS = ("status", "cancel")
+# Options that act on a launch: given to status or cancel they would be ignored (cancel --dry-run cancelling).
+LAUNCH_ONLY = {"--dry-run": "dry_run", "--estimate": "estimate", "--calibration": "calibration",
+               "--allow-cpu": "allow_cpu", "--retry-failed": "retry_failed",
+               "--runs-per-job": "runs_per_job", "--wait/--no-wait": "wait", "--list": "list"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-run", type=positive_int, default=0, metavar="N",
                         help="GPUs (processes) per run, for every run whose experiment does not pin its layout "
                              "(Figure 4 does); not part of a run id: a relaunch with another N resumes the same "
-                             "runs (default: the profile's gpus_per_run, else 8 at the paper scale, 1 otherwise)")
+                             "runs (default: the profile's gpus_per_run, else at the paper scale 8 on a GPU "
+                             "profile, at most its gpus_per_node; 1 otherwise)")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="launch the paper scale on jobs without a GPU (refused otherwise)")
     parser.add_argument("--only", action="extend", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="keep runs whose config field or label (experiment, row, column) is one of the values")
     parser.add_argument("--set", action="extend", nargs="+", default=[], dest="sets", metavar="KEY=VALUE",
-                        help="a variation: set a config key on the runs whose method uses it (new run ids)")
+                        help="a variation: set a config key on the runs whose method uses it (new run ids, "
+                             "unless the key is not part of them: the device, micro-batch and layout keys)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories live (default: runs)")
     parser.add_argument("--data-root", default="", help="dataset folder (ImageNet at the paper scale)")
     parser.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose record says failed")
@@ -92,16 +99,22 @@ def plan(args: argparse.Namespace, *, check_data: bool = True) -> list[PlannedRu
     if not args.experiments:
         raise UserError(f"name an experiment; allowed: {', '.join(experiment_names())}, all")
     experiments = load_experiments(args.experiments)
+    sets = parse_sets(args.sets)
+    pinned = [key for key in LAYOUT_KEYS if key in sets]
+    if args.gpus_per_run and pinned:
+        raise UserError(f"--gpus-per-run {args.gpus_per_run} and --set {pinned[0]}=... both lay out the runs; "
+                        "give one of them")
     gpus = gpus_per_run(load_profile(args.profile), args.scale, args.gpus_per_run)
-    runs = expand(experiments, scale=args.scale, runs_dir=args.runs_dir, sets=parse_sets(args.sets),
+    runs = expand(experiments, scale=args.scale, runs_dir=args.runs_dir, sets=sets,
                   data_root=args.data_root, check_data=check_data, gpus_per_run=gpus)
     runs = apply_filters(runs, args.only)
     for run in runs:  # a layout that cannot work is refused here, not by every rank of a submitted job
         try:
             check_layout(run.config, run_processes(run.config))
         except UserError as error:
-            raise UserError(f"run {run.run_id} ({run.config.method} at {run.config.paper_batch or run.config.batch_size}): "
-                            f"{error}") from None
+            origin = f" (--gpus-per-run {args.gpus_per_run})" if args.gpus_per_run else ""
+            raise UserError(f"run {run.run_id} ({run.config.method} at {run.config.paper_batch or run.config.batch_size})"
+                            f"{origin}: {error}") from None
     return runs
 
 
@@ -162,15 +175,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.calibration:
         raise UserError("--calibration is for --estimate")
     from conadv_repro.launch import submit
-    from conadv_repro.launch.profiles import load_profile
+    from conadv_repro.launch.profiles import gpus_line, load_profile
 
     runs = plan(args)
     profile = load_profile(args.profile)
     if args.dry_run and args.cluster is None:
-        # A guess from PATH alone: asking the controller (sinfo) can take seconds, and a plan must be quick.
-        cluster = "slurm" if shutil.which("sbatch") else "local"
+        # A guess from PATH alone: asking the controller (sinfo) can take seconds, and a plan must be quick. A
+        # profile describes a Slurm cluster: its plan is that cluster's.
+        cluster = "slurm" if shutil.which("sbatch") or args.profile else "local"
     else:
         cluster = submit.choose_cluster(args.cluster)
+        if args.cluster is None and args.profile and cluster != "slurm":
+            # Never train a cluster's grid on the login node because its controller did not answer once.
+            raise UserError(f"--profile {args.profile} describes a Slurm cluster, but no Slurm controller answers "
+                            "here (sbatch/sinfo); launch from a node of that cluster, or add --cluster local to "
+                            "train on this machine")
     local_gpus = submit.local_gpu_count() if cluster != "slurm" else 0
     if args.scale == "paper" and not args.allow_cpu:
         check_jobs_have_gpus(cluster, profile, local_gpus, args)
@@ -181,13 +200,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
     for run in todo:  # refuse a job the cluster cannot give before anything is claimed or written
         submit.job_resources(cluster, profile, run_processes(run.config))
     summary = summary_line([s.state for s in states])
-    for line in memory_warnings(todo, profile):
+    for line in [*memory_warnings(todo, profile), *host_memory_warnings(todo, profile, cluster)]:
         print(line, file=sys.stderr)
     if args.dry_run:
         print_runs(runs, states)
         groups = group_runs(todo, cluster, args)
         print(f"a launch would submit {plural(len(todo), 'run')} in {plural(len(groups), 'job')} to {cluster} "
               f"(scale {args.scale}, runs in {args.runs_dir})")
+        if groups:
+            print(f"each job ({gpus_line(args, profile)}):")
         for line in submit.request_lines(cluster, profile, [run_processes(g[0].config) for g in groups],
                                          local_gpus=local_gpus):
             print(line)
@@ -482,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "launch"
     args = build_parser().parse_args(argv)
+    if command != "launch":
+        given = [flag for flag, value in LAUNCH_ONLY.items() if getattr(args, value) not in (None, False, 0)]
+        if given:
+            raise UserError(f"{given[0]} has no use with {command}; allowed there: the selection (experiments, "
+                            "--scale, --only, --set, --runs-dir, --profile, --gpus-per-run, --data-root)")
     if args.runs_per_job < 0:
         raise UserError(f"--runs-per-job {args.runs_per_job} must be >= 0")
     if args.list:

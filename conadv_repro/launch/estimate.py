@@ -9,7 +9,8 @@ published` for NVIDIA's published A100 figure (labelled "published, not measured
 total. With a GPU profile and ImageNet runs, a line says whether the profile's CPUs per task can feed a
 GPU at the projected rate, from the newest loader calibration (benchmarks/calibrations/loader/, see
 launch/loader_check.py), and whether each run's micro-batch fits the profile's GPUs (`gpu_mem_gb`, from
-benchmarks/calibrations/memory/, see launch/memory_check.py). Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
+benchmarks/calibrations/memory/, see launch/memory_check.py). With a profile, a line says whether its `mem_gb`
+(memory per node) over a node's tasks holds what a rank needs on the host (launch/host_memory.py). Nothing is submitted, nothing is written, and no dataset is needed. No torch import.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from conadv_repro import throughput_model
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
+from conadv_repro.launch.host_memory import host_memory_report
 from conadv_repro.launch.loader_check import feed_line, find_loader_calibration
 from conadv_repro.launch.memory_check import memory_report
 from conadv_repro.launch.plan import PlannedRun
-from conadv_repro.launch.profiles import Profile, load_profile
+from conadv_repro.launch.profiles import Profile, gpus_line, load_profile
+from conadv_repro.launch.submit import MAX_REQUEUES
 from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
 
 # conadv_repro/data/datasets.py holds IMAGENET_VAL_PER_CLASS (3) training images of each of the 1000
@@ -158,14 +161,20 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
     if calibration.device == "cuda":
         for line in memory_report(runs, profile):
             print(line)
+    if args.profile:  # mem_gb is what the jobs ask Slurm for, per node
+        for line in host_memory_report(runs, profile):
+            print(line)
     if args.profile:
         from conadv_repro.launch.submit import request_lines
         from conadv_repro.layout import run_processes
 
-        print("jobs on Slurm, one per run at this scale:")
+        print(f"jobs on Slurm, one per run at this scale ({gpus_line(args, profile)}):")
         for line in request_lines("slurm", profile, [run_processes(run.config) for run in runs]):
             print(line)
-    for line in time_limit_lines(over_limit, profile):
+    lines = time_limit_lines(over_limit, profile)
+    if args.profile and not lines:
+        lines = [f"time limit: every run fits profile {profile.name}'s time_min ({duration(profile.time_min * 60)})"]
+    for line in lines:
         print(line)
     print(f"grid: {len(runs)} run{'s' if len(runs) != 1 else ''}, {total_hours:,.1f} {unit}, "
           f"{duration(total_wall)} of run time in all (the longest run {duration(longest)}; runs in parallel "
@@ -194,6 +203,8 @@ def time_limit_lines(over_limit: list[tuple[float, PlannedRun]], profile: Profil
     for wall_s, run in sorted(over_limit, key=lambda item: -item[0]):
         cfg = run.config
         count = requeues(wall_s, profile.time_min)
+        capped = f" (more than submitit's {MAX_REQUEUES}: it stops unfinished, and a relaunch resumes it)" \
+            if count > MAX_REQUEUES else ""
         lines.append(f"  {cfg.method}{' AA' if cfg.autoaugment else ''} at {format_batch(cfg.batch_size)} "
-                     f"({run.run_id}): {duration(wall_s)}, {count} requeue{'s' if count != 1 else ''}")
+                     f"({run.run_id}): {duration(wall_s)}, {count} requeue{'s' if count != 1 else ''}{capped}")
     return lines

@@ -76,7 +76,7 @@ def check_data_root(scale: str, data_root: str) -> None:
         raise UserError(f"--scale {scale} needs the {name} folder: add --data-root DIR")
     if what == "imagenet":
         # The class-folder layout too, not only train/ and val/: a wrong one fails every job at its start.
-        from conadv_repro.launch.data_layout import check_imagenet_layout
+        from conadv_repro.data.imagenet_layout import check_imagenet_layout
 
         check_imagenet_layout(data_root)
         return
@@ -86,7 +86,9 @@ def check_data_root(scale: str, data_root: str) -> None:
                         "expected DIR/cifar-10-batches-py/")
 
 
-LAYOUT_KEYS = ("runtime.trainers", "conadv.attack_workers", "runtime.timed_layout")
+# Keys that pin a run's layout: --gpus-per-run leaves such a run alone. (conadv.attack_workers does not: the
+# GPUs per run are then its workers plus its trainers.)
+LAYOUT_KEYS = ("runtime.trainers", "runtime.timed_layout")
 
 
 def with_gpus(cfg: Config, gpus_per_run: int) -> Config:

@@ -5,7 +5,7 @@ names another folder), or any .toml file given by its path (`--profile path/to/m
     gpus_per_node = 8          # GPUs per node; a job asks for one per process of its run
     gpus_per_run = 0           # GPUs (processes) per run; 0: 8 at the paper scale (at most a node), else 1
     cpus_per_task = 10
-    mem_gb = 64                # memory per task
+    mem_gb = 64                # memory per node in GB (Slurm's --mem), shared by the node's tasks (ranks)
     gpu_mem_gb = 80            # memory of one GPU in GiB; 0: not known (launch and --estimate check no memory)
     time_min = 1440            # time limit of a job, minutes
     account = ""               # optional
@@ -20,6 +20,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from conadv_repro.errors import UserError
 
@@ -60,6 +61,22 @@ def gpus_per_run(profile: Profile, scale: str, requested: int = 0) -> int:
     if scale == "paper" and profile.gpus_per_node:
         return min(PAPER_GPUS_PER_RUN, profile.gpus_per_node)
     return 1
+
+
+def gpus_line(args: Any, profile: Profile) -> str:
+    """Where a launch's GPUs per run come from, in words."""
+    count = gpus_per_run(profile, args.scale, args.gpus_per_run)
+    if args.gpus_per_run:
+        why = "--gpus-per-run"
+    elif profile.gpus_per_run:
+        why = f"profile {profile.name}'s gpus_per_run"
+    elif args.scale == "paper" and profile.gpus_per_node:
+        why = f"the paper scale's default on profile {profile.name}"
+    else:
+        why = "the default without a GPU profile" if args.scale == "paper" else f"the {args.scale} scale's default"
+    unit = "GPU" if profile.gpus_per_node else "process"  # a CPU partition gives processes, not GPUs
+    plural = "es" if unit == "process" else "s"
+    return f"{count} {unit}{plural if count != 1 else ''} per run unless an experiment pins its layout: {why}"
 
 
 def profiles_dir() -> Path:

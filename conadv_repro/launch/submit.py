@@ -205,6 +205,7 @@ def job_resources(cluster: str, profile: Profile, tasks: int, *, local_gpus: int
 
 
 LOCAL_TIMEOUT_MIN = 60 * 24 * 7
+MAX_REQUEUES = 30  # submitit requeues a job that hits its time limit at most this often; then the run waits
 
 
 def job_request(cluster: str, profile: Profile, tasks: int, *, local_gpus: int = 0) -> dict[str, Any]:
@@ -243,7 +244,7 @@ def request_lines(cluster: str, profile: Profile, job_tasks: list[int], *, local
         text = describe_request(job_request(cluster, profile, tasks, local_gpus=local_gpus))
         shapes[text] = shapes.get(text, 0) + 1
     source = f"profile {profile.name}" if cluster == "slurm" else f"this machine, {local_gpus} GPUs"
-    return [f"  {count} job{'s' if count != 1 else ''} each ask for: {text} ({source})"
+    return [f"  {count} job{'s each ask' if count != 1 else ' asks'} for: {text} ({source})"
             for text, count in shapes.items()]
 
 
@@ -272,7 +273,7 @@ def choose_cluster(requested: str | None) -> str:
 def make_executor(cluster: str, folder: Path, profile: Profile, *, local_timeout_min: int = LOCAL_TIMEOUT_MIN) -> Any:
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=30)
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=MAX_REQUEUES)
     if cluster == "slurm":
         params: dict[str, Any] = {
             "timeout_min": profile.time_min, **job_resources(cluster, profile, 1),

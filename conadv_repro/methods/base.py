@@ -47,6 +47,7 @@ class MethodContext:
     autocast: Callable[[], AbstractContextManager[Any]]
     to_device: Callable[[MicroBatch], MicroBatch]
     dist: DistContext = field(default_factory=DistContext)
+    log: Callable[[str], None] = print
 
 
 class Method:

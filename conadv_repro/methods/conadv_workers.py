@@ -30,7 +30,7 @@ class ConAdvWithWorkers(ConAdv):
         ctx = self.ctx
         self.sender = WeightsSender(ctx.dist, ctx.device, start_step, total_steps, self.tau,
                                     weights_numel(ctx.model))
-        self.receiver = AdversarialReceiver(ctx.dist, ctx.device, ctx.cfg.batch_size, total_steps)
+        self.receiver = AdversarialReceiver(ctx.dist, ctx.device, ctx.cfg.batch_size, start_step, total_steps)
         for step in sorted(self.snapshots):
             self.sender.offer(step, self.snapshots[step])
 
@@ -57,8 +57,20 @@ class ConAdvWithWorkers(ConAdv):
 
     def close(self) -> None:
         try:
-            if self.sender is not None:
-                self.sender.stop()
-                self.sender.wait()
+            if self.sender is not None and self.receiver is not None:
+                self._shut_down_workers(self.sender, self.receiver)
         finally:
             super().close()
+
+    def _shut_down_workers(self, sender: WeightsSender, receiver: AdversarialReceiver) -> None:
+        """The trainers' side of a stop (distributed/attack_link.py): take in what the workers have in flight,
+        then STOP (trainer 0), so that no transfer is left pending. After a normal end nothing is in flight."""
+        last = receiver.consumed
+        if last >= receiver.total - 1:
+            sender.wait()
+            return
+        taken = receiver.drain(sender.last_sent + self.tau)
+        sender.stop()
+        sender.wait()
+        self.ctx.log(f"{self.ctx.dist.name()}: stopped after step {last + 1}; drained {taken} in-flight "
+                     f"adversarial batch{'es' if taken != 1 else ''} of the attack workers, then told them to stop")
