@@ -71,10 +71,10 @@ def test_the_default_gpus_per_run_is_eight_at_the_paper_scale_on_a_gpu_profile()
     gpu = Profile(name="g", gpus_per_node=8)
     assert gpus_per_run(gpu, "paper") == 8
     assert gpus_per_run(Profile(name="g4", gpus_per_node=4), "paper") == 4
-    assert gpus_per_run(gpu, "proxy") == 1
+    assert gpus_per_run(gpu, "proxy") == 0  # as each run declares it
     assert gpus_per_run(Profile(name="g", gpus_per_node=8, gpus_per_run=16), "paper") == 16
     assert gpus_per_run(gpu, "paper", requested=2) == 2
-    assert gpus_per_run(Profile(), "paper") == 1
+    assert gpus_per_run(Profile(), "paper") == 0
 
 
 def test_a_job_request_names_nodes_tasks_gpus_cpus_memory_and_time():
@@ -99,7 +99,8 @@ def test_a_paper_launch_without_gpus_is_refused_unless_allowed(paper_args, capsy
     assert "slurm/profiles/example-gpu.toml" in err and "--allow-cpu" in err and not out
     status, out, _ = call_main(cli.main, [*paper_args, "--allow-cpu"], capsys)
     assert status == 0 and "28 jobs each ask for: 1 node, 1 task, no GPU," in out and "1 GPU" not in out
-    assert "each job (1 process per run unless an experiment pins its layout: the default without a GPU profile)" in out
+    assert "each job (as each run declares it without a GPU profile: one trainer, plus ConAdv's attack workers " \
+           "where set):" in out
 
 
 def test_the_dry_run_shows_the_jobs_gpus_and_another_count_keeps_the_run_ids(paper_args, capsys):

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GPUs (processes) per run, for every run whose experiment does not pin its layout "
                              "(Figure 4 does); not part of a run id: a relaunch with another N resumes the same "
                              "runs (default: the profile's gpus_per_run, else at the paper scale 8 on a GPU "
-                             "profile, at most its gpus_per_node; 1 otherwise)")
+                             "profile, at most its gpus_per_node; otherwise as each run declares it: one trainer, "
+                             "plus ConAdv's attack workers where set)")
     parser.add_argument("--allow-cpu", action="store_true",
                         help="launch the paper scale on jobs without a GPU (refused otherwise)")
     parser.add_argument("--only", action="extend", nargs="+", default=[], metavar="KEY=V1,V2",

@@ -53,19 +53,22 @@ PAPER_GPUS_PER_RUN = 8  # one node of most GPU clusters: the paper scale's DisAd
 def gpus_per_run(profile: Profile, scale: str, requested: int = 0) -> int:
     """Processes (one GPU each) a run gets unless its experiment pins its layout: `--gpus-per-run`, else
     the profile's `gpus_per_run`, else PAPER_GPUS_PER_RUN at the paper scale (at most one node of the
-    profile's GPUs) and 1 at the others."""
+    profile's GPUs); 0 at the others: as the run declares it (one trainer, plus ConAdv's attack workers)."""
     if requested:
         return requested
     if profile.gpus_per_run:
         return profile.gpus_per_run
     if scale == "paper" and profile.gpus_per_node:
         return min(PAPER_GPUS_PER_RUN, profile.gpus_per_node)
-    return 1
+    return 0
 
 
 def gpus_line(args: Any, profile: Profile) -> str:
     """Where a launch's GPUs per run come from, in words."""
     count = gpus_per_run(profile, args.scale, args.gpus_per_run)
+    if not count:
+        where = "without a GPU profile" if args.scale == "paper" else f"at the {args.scale} scale"
+        return f"as each run declares it {where}: one trainer, plus ConAdv's attack workers where set"
     if args.gpus_per_run:
         why = "--gpus-per-run"
     elif profile.gpus_per_run:
@@ -73,7 +76,7 @@ def gpus_line(args: Any, profile: Profile) -> str:
     elif args.scale == "paper" and profile.gpus_per_node:
         why = f"the paper scale's default on profile {profile.name}"
     else:
-        why = "the default without a GPU profile" if args.scale == "paper" else f"the {args.scale} scale's default"
+        why = "the default"
     unit = "GPU" if profile.gpus_per_node else "process"  # a CPU partition gives processes, not GPUs
     plural = "es" if unit == "process" else "s"
     return f"{count} {unit}{plural if count != 1 else ''} per run unless an experiment pins its layout: {why}"
