@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed-stamp
 # (README.md, "Tests"): while one worker waits on Slurm or on its own processes, the other two use the cores.
 TEST_WORKERS ?= 3
 
+# The torchcodec extra too, so that the tests run data_decoder=torchcodec (they skip it where it is absent).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,torchcodec]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -16,7 +16,8 @@ images/s of each side and images per CPU-second (main process and workers: stead
 time on a shared machine), plain/ours from each round's pair (the goal: at most 1.05) with its spread
 over the rounds, and the cores a GPU needs at 3,000 images/s. Two more tables: uint8 batches normalised
 on the device (what a CUDA run does) against float32 ones, and the decoders (Pillow, torchvision.io's
-libjpeg-turbo, nvJPEG when there is a GPU). The figures and the machine they were measured on: docs/loader.md.
+libjpeg-turbo, TorchCodec's when installed, nvJPEG when there is a GPU). The figures and the machine they
+were measured on: docs/loader.md.
 
     python benchmarks/loader.py                          # about 4 minutes on 2 cores
     python benchmarks/loader.py --rounds 9 --workers 0,4,8 --save mycluster-node
@@ -55,7 +56,7 @@ from conadv_repro.atomic import atomic_write_json
 from conadv_repro.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_VAL_PER_CLASS, build_data
 from conadv_repro.data.loader import train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
-from conadv_repro.data.sources import file_decoder
+from conadv_repro.data.sources import TORCHCODEC_INSTALL, file_decoder, torchcodec_missing
 from conadv_repro.errors import OneLineParser, UserError, calibration_name, check_writable_folder, cli_entry
 from conadv_repro.launch.loader_check import LOADER_SCHEMA, loader_calibrations_dir
 from conadv_repro.machine import cpu_name
@@ -261,6 +262,12 @@ def decode_rates(files: list[Path], rounds: int) -> dict[str, list[float]]:
                                                      for p in files],
         "data_decoder=torchvision (decode_image + to PIL)": lambda: [to_pil(str(p)) for p in files],
     }
+    if torchcodec_missing() is None:
+        from torchcodec.decoders import decode_image as codec_decode_image
+
+        codec_to_pil = file_decoder("torchcodec")
+        ways["torchcodec decode_image (CPU)"] = lambda: [codec_decode_image(str(p), mode="RGB") for p in files]
+        ways["data_decoder=torchcodec (decode_image + to PIL)"] = lambda: [codec_to_pil(str(p)) for p in files]
     if torch.cuda.is_available():
         encoded = [read_file(str(p)) for p in files]
 
@@ -375,6 +382,8 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
                   for workers in (max(counts),)}
     decoder_row = [Side("pil", ours(root, False, min(counts), batch)),
                    Side("torchvision", ours(root, False, min(counts), batch, decoder="torchvision"))]
+    if torchcodec_missing() is None:
+        decoder_row.append(Side("torchcodec", ours(root, False, min(counts), batch, decoder="torchcodec")))
     print("timing (each round: every row, both sides, a new loader each) ...", flush=True)
     run_rounds([*rows.values(), *uint8_rows.values(), decoder_row], rounds, images, batch)
 
@@ -414,10 +423,13 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {name:52s} {statistics.median(rates):>8.1f}  {spread(rates)}")
     if not torch.cuda.is_available():
         print("  nvJPEG: no GPU here (measured when CUDA is available)")
-    pil_side, tv_side = decoder_row
-    ratios = paired(pil_side.wall, tv_side.wall)
-    print(f"  the suite's loader, {min(counts)} workers, no AutoAugment: data_decoder=pil {med(pil_side.wall):.1f}, "
-          f"torchvision {med(tv_side.wall):.1f} images/s (torchvision/pil {med(ratios):.3f}, {spread(ratios)})")
+    if torchcodec_missing() is not None:
+        print(f"  torchcodec: not measured, it does not load here ({torchcodec_missing()}); {TORCHCODEC_INSTALL}")
+    pil_side, *other_sides = decoder_row
+    for other in other_sides:
+        ratios = paired(pil_side.wall, other.wall)
+        print(f"  the suite's loader, {min(counts)} workers, no AutoAugment: data_decoder=pil {med(pil_side.wall):.1f}, "
+              f"{other.name} {med(other.wall):.1f} images/s ({other.name}/pil {med(ratios):.3f}, {spread(ratios)})")
 
     # Images per CPU-second for the calibration: the row with one worker when measured (the batch goes
     # through shared memory as in training), else the one with the fewest.

@@ -219,10 +219,12 @@ class Config:
                    open_choices=True)
     data_root: str = _f("", "dataset directory (cifar10, imagenet, or your own builder); stored absolute",
                         hashed=False, path=True)
-    data_decoder: str = _f("pil", "image decoder of data=imagenet: pil (Pillow, torchvision's ImageFolder) or "
-                           "torchvision (torchvision.io's libjpeg-turbo, faster; the augmentation is the same, "
-                           "but another decoder may give other pixels, so it is part of the run id); never "
-                           "chosen for you", choices=("pil", "torchvision"))
+    data_decoder: str = _f("pil", "image decoder of data=imagenet: pil (Pillow, torchvision's ImageFolder), "
+                           "torchvision (torchvision.io's libjpeg-turbo, faster; deprecated since torchvision "
+                           "0.29) or torchcodec (TorchCodec on the CPU, pip install -e '.[torchcodec]'; it turns "
+                           "EXIF-rotated images upright); the augmentation is the same, but another decoder may "
+                           "give other pixels, so it is part of the run id; never chosen for you",
+                           choices=("pil", "torchvision", "torchcodec"))
     batch_size: int = _f(128, "global batch size trained (32k = 32 x 1024)", positive=True, batch=True)
     epochs: float = _f(30.0, "training length in epochs (an epoch is floor(N / batch_size) steps)",
                        positive=True)

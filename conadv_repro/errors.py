@@ -1,7 +1,9 @@
-"""The one error type for a user's mistake.
+"""The one error type for a user's mistake, and the one for work that stopped on what it read.
 
 Everything a user can get wrong (a bad key, value, path or state) raises `UserError`; the command-line
-entry points turn it into one line on stderr and exit status 2, without a traceback.
+entry points turn it into one line on stderr and exit status 2, without a traceback, and nothing is
+written. A `OneLineFailure` (an unreadable image met mid-run, a run whose checkpoints all fail to
+verify) is a run that started and failed: one line too, but exit status 1, what was written stays.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ class UserError(Exception):
     """A mistake in what the user asked for. Its message is one line naming the value and what is allowed."""
 
 
+class OneLineFailure(Exception):
+    """Work that started and stopped on something it read, e.g. an image file that does not decode.
+
+    Not a `UserError`: the command line was fine, and the run directory already holds the failure (its
+    record says failed, its checkpoints stay), so the exit status is 1, as for any failed run. The
+    message is one line naming the file and why.
+    """
+
+
 def fail(message: str) -> NoReturn:
     """Print `message` as one line on stderr and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
@@ -27,7 +38,8 @@ def fail(message: str) -> NoReturn:
 
 
 def cli_entry(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command-line main so that a `UserError` becomes one line and exit status 2."""
+    """Wrap a command-line main so that a `UserError` becomes one line and exit status 2, and a
+    `OneLineFailure` one line and exit status 1."""
 
     @wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -35,6 +47,9 @@ def cli_entry(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except UserError as error:
             fail(str(error))
+        except OneLineFailure as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
     return wrapper
 

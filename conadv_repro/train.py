@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conadv_repro.cli_help import options_table
 from conadv_repro.config import Config, config_from_overrides
-from conadv_repro.errors import OneLineParser, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, cli_entry
 from conadv_repro.layout import env_world_size, with_trainers_named
 from conadv_repro.presets import table6_hparams
 
@@ -51,7 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run directory (default: runs/<scale or free>/<run id>)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and its run id, and exit without training")
+    parser.add_argument("--check-data", action="store_true",
+                        help="with data=imagenet: first read the first and last bytes of every image file of "
+                             "data_root, list those that cannot be read and stop (exit 2); a clean result is "
+                             "remembered until a file changes")
     return parser
+
+
+def check_data(cfg: Config) -> None:
+    """`--check-data`: ImageNet's image files, before anything is trained (or exit 2 listing the bad ones)."""
+    if cfg.data != "imagenet":
+        raise UserError(f"--check-data has no use with data={cfg.data}; it checks the image files of "
+                        "data=imagenet's data_root")
+    if not cfg.data_root:  # Path("") would check the working directory; the wording is build_imagenet's
+        raise UserError("data=imagenet needs data_root=DIR, the folder holding train/<wnid>/ and val/<wnid>/ "
+                        "(e.g. data_root=/data/imagenet)")
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 checks for all: one pool of readers per node, not one per rank
+    from conadv_repro.data.check_files import require_readable
+
+    require_readable(cfg.data_root, flag="data_root")
 
 
 @cli_entry
@@ -59,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cfg = with_trainers_named(config_from_overrides(args.overrides), env_world_size())
+    if args.check_data:
+        check_data(cfg)
     if args.print_config:
         resolved: dict[str, object] = {"run_id": cfg.run_id(), "config": cfg.flat()}
         if cfg.optim.lr_rule == "table6":

@@ -36,6 +36,14 @@ def _names(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / CHECKPOINT_DIR).iterdir())
 
 
+def _skipped(capsys) -> list[str]:
+    """What the load printed on stderr: one plain line per skipped checkpoint, nothing else."""
+    return capsys.readouterr().err.splitlines()
+
+
+NO_SEAL = "no checksum seal at its end (cut short, or not written by this suite)"
+
+
 def test_round_trip(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path, 123, _state(123))
     assert path == tmp_path / CHECKPOINT_DIR / "step-00000123.pt"
@@ -80,58 +88,84 @@ def test_steps_order_numerically(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) == tmp_path / CHECKPOINT_DIR / "step-100000000.pt"
 
 
-def test_truncated_newest_falls_back(tmp_path: Path) -> None:
+def test_truncated_newest_falls_back(tmp_path: Path, capsys) -> None:
     save_checkpoint(tmp_path, 1, _state(1))
     newest = save_checkpoint(tmp_path, 2, _state(2))
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])
-    with pytest.warns(RuntimeWarning, match="corrupt or incomplete"):
-        loaded = load_latest_checkpoint(tmp_path)
+    loaded = load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {newest}: {NO_SEAL}"]
     assert loaded is not None
     state, path = loaded
     assert state["step"] == 1
     assert path.name == "step-00000001.pt"
 
 
-def test_truncated_inside_header_falls_back(tmp_path: Path) -> None:
+def test_truncated_inside_header_falls_back(tmp_path: Path, capsys) -> None:
     save_checkpoint(tmp_path, 1, _state(1))
     newest = save_checkpoint(tmp_path, 2, _state(2))
     newest.write_bytes(newest.read_bytes()[:10])
-    with pytest.warns(RuntimeWarning, match=str(newest).replace("\\", "\\\\")):
-        loaded = load_latest_checkpoint(tmp_path)
+    loaded = load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {newest}: file is 10 bytes, too short to hold a "
+                                "checkpoint and its seal"]
     assert loaded is not None and loaded[0]["step"] == 1
 
 
-def test_byte_flipped_newest_falls_back(tmp_path: Path) -> None:
+def test_byte_flipped_newest_falls_back(tmp_path: Path, capsys) -> None:
     save_checkpoint(tmp_path, 1, _state(1))
     newest = save_checkpoint(tmp_path, 2, _state(2))
     data = bytearray(newest.read_bytes())
     data[len(data) - 20] ^= 0xFF
     newest.write_bytes(bytes(data))
-    with pytest.warns(RuntimeWarning, match="sha256 mismatch"):
-        loaded = load_latest_checkpoint(tmp_path)
+    loaded = load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {newest}: sha256 mismatch"]
     assert loaded is not None and loaded[0]["step"] == 1
 
 
-def test_unverifiable_file_is_skipped(tmp_path: Path) -> None:
+def test_unverifiable_file_is_skipped(tmp_path: Path, capsys) -> None:
     # A plain torch.save file has no checksum header, so it cannot be trusted.
     save_checkpoint(tmp_path, 1, _state(1))
-    torch.save(_state(2), tmp_path / CHECKPOINT_DIR / "step-00000002.pt")
-    with pytest.warns(RuntimeWarning):
-        loaded = load_latest_checkpoint(tmp_path)
+    plain = tmp_path / CHECKPOINT_DIR / "step-00000002.pt"
+    torch.save(_state(2), plain)
+    loaded = load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {plain}: {NO_SEAL}"]
     assert loaded is not None and loaded[0]["step"] == 1
 
 
-def test_all_corrupt_is_a_user_error_not_a_fresh_start(tmp_path: Path) -> None:
+def test_all_corrupt_is_a_user_error_not_a_fresh_start(tmp_path: Path, capsys) -> None:
     # None would make the trainer start again from step 0 and prune the files; say so instead.
     path = save_checkpoint(tmp_path, 1, _state(1))
     path.write_bytes(b"")
-    with pytest.warns(RuntimeWarning), pytest.raises(UserError, match="none verifies") as raised:
+    with pytest.raises(UserError, match="none verifies") as raised:
         load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {path}: file is 0 bytes, too short to hold a "
+                                "checkpoint and its seal"]
     message = str(raised.value)
     assert "\n" not in message and "step-00000001.pt" in message and "from scratch" in message
     # The cheap lookup does not verify.
     assert latest_checkpoint(tmp_path) == path
+
+
+def test_each_skipped_checkpoint_is_one_plain_line(tmp_path: Path, capsys, recwarn) -> None:
+    # Three damaged files, three lines: no warnings-module format, which echoed a source line after each.
+    save_checkpoint(tmp_path, 1, _state(1))
+    step2 = save_checkpoint(tmp_path, 2, _state(2))
+    step3 = save_checkpoint(tmp_path, 3, _state(3))
+    final = save_checkpoint(tmp_path, 4, _state(4), final=True)
+    assert _names(tmp_path) == ["final.pt", "step-00000002.pt", "step-00000003.pt"]
+    final.write_bytes(b"")
+    step3.write_bytes(step3.read_bytes()[:-1])
+    data = bytearray(step2.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    step2.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="has 3 checkpoint file"):
+        load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [
+        f"warning: skipping checkpoint {final}: file is 0 bytes, too short to hold a checkpoint and its seal",
+        f"warning: skipping checkpoint {step3}: {NO_SEAL}",
+        f"warning: skipping checkpoint {step2}: sha256 mismatch",
+    ]
+    assert len(recwarn) == 0
 
 
 def test_leftover_temp_file_is_ignored_and_cleaned(tmp_path: Path) -> None:
@@ -202,7 +236,7 @@ def test_a_plain_weights_only_torch_load_opens_a_checkpoint(tmp_path: Path) -> N
     assert torch.equal(state["weight"], torch.full((4, 3), 7.0))
 
 
-def test_a_flipped_byte_inside_tensor_data_falls_back(tmp_path: Path) -> None:
+def test_a_flipped_byte_inside_tensor_data_falls_back(tmp_path: Path, capsys) -> None:
     save_checkpoint(tmp_path, 1, _state(1))
     newest = save_checkpoint(tmp_path, 2, _state(2))
     data = bytearray(newest.read_bytes())
@@ -211,12 +245,12 @@ def test_a_flipped_byte_inside_tensor_data_falls_back(tmp_path: Path) -> None:
     # torch.load alone takes the flipped file without a word: the seal is what catches it.
     silently = torch.load(newest, weights_only=True)
     assert not torch.equal(silently["weight"], torch.full((4, 3), 2.0))
-    with pytest.warns(RuntimeWarning, match="sha256 mismatch"):
-        loaded = load_latest_checkpoint(tmp_path)
+    loaded = load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {newest}: sha256 mismatch"]
     assert loaded is not None and loaded[0]["step"] == 1
 
 
-def test_a_torn_newest_falls_back(tmp_path: Path) -> None:
+def test_a_torn_newest_falls_back(tmp_path: Path, capsys) -> None:
     # Power lost mid-write: the length is right, but a stretch of blocks never reached the disk.
     save_checkpoint(tmp_path, 1, _state(1))
     newest = save_checkpoint(tmp_path, 2, _state(2))
@@ -224,8 +258,8 @@ def test_a_torn_newest_falls_back(tmp_path: Path) -> None:
     third = len(data) // 3
     data[third : 2 * third] = bytes(third)
     newest.write_bytes(bytes(data))
-    with pytest.warns(RuntimeWarning, match="sha256 mismatch"):
-        loaded = load_latest_checkpoint(tmp_path)
+    loaded = load_latest_checkpoint(tmp_path)
+    assert _skipped(capsys) == [f"warning: skipping checkpoint {newest}: sha256 mismatch"]
     assert loaded is not None and loaded[0]["step"] == 1
 
 
@@ -240,7 +274,7 @@ class _Planted:
 
 
 @pytest.mark.parametrize("encoding", ["current", "legacy"])
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, encoding: str) -> None:
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, encoding: str, capsys) -> None:
     marker = tmp_path / "marker"
     save_checkpoint(tmp_path, 1, _state(1))
     hostile = {**_state(2), "payload": _Planted(marker)}
@@ -254,8 +288,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, encoding: s
         torch.load(io.BytesIO(newest.read_bytes()[48:]), weights_only=False)
     assert marker.read_text() == "ran"
     marker.unlink()
-    with pytest.warns(RuntimeWarning, match="refused by the weights-only loader.*exec"):
-        loaded = load_latest_checkpoint(tmp_path)
+    capsys.readouterr()
+    loaded = load_latest_checkpoint(tmp_path)
+    (line,) = _skipped(capsys)
+    assert line.startswith(f"warning: skipping checkpoint {newest}: refused by the weights-only loader") and "exec" in line
     assert loaded is not None and loaded[0]["step"] == 1
     assert not marker.exists()
 
@@ -329,26 +365,38 @@ def test_an_old_format_trainer_checkpoint_resumes(tmp_path: Path) -> None:
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+def test_a_run_whose_every_checkpoint_is_corrupt_stops_in_plain_lines_and_records_why(tmp_path: Path,
+                                                                                       capsys) -> None:
     from conadv_repro.train import main
 
     overrides = ["batch_size=64", "bn.group_size=16", "runtime.threads=2", "runtime.device=cpu",
-                 "model.width=8", "steps=4", "runtime.checkpoint_every=2", "runtime.log_every=2"]
+                 "model.width=8", "steps=6", "runtime.checkpoint_every=2", "runtime.log_every=2"]
     run_dir = tmp_path / "run"
     assert main(["--run-dir", str(run_dir), *overrides]) == 0
     # As if killed before it finished: no final record, only step checkpoints, all of them damaged.
     (run_dir / CHECKPOINT_DIR / "final.pt").unlink()
     record = json.loads((run_dir / "record.json").read_text())
-    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running", "steps_done": 2}))
+    (run_dir / "record.json").write_text(json.dumps({**record, "status": "running", "steps_done": 4}))
+    assert _names(run_dir) == ["step-00000002.pt", "step-00000004.pt"]
     for path in (run_dir / CHECKPOINT_DIR).iterdir():
         path.write_bytes(path.read_bytes()[:-1])
     before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()
-    with pytest.warns(RuntimeWarning, match="corrupt or incomplete"), pytest.raises(SystemExit) as exited:
+    with pytest.raises(SystemExit) as exited:
         main(["--run-dir", str(run_dir), *overrides])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: run directory") and "none verifies" in err[0]
-    assert "Traceback" not in err[0]
-    # Nothing was trained again or overwritten: every file is as it was.
-    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # Exit status 1, as for any failed run: unlike a rejected command line, the record says it failed.
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    checkpoints = run_dir / CHECKPOINT_DIR
+    assert err[:2] == [f"warning: skipping checkpoint {checkpoints / name}: {NO_SEAL}"
+                       for name in ("step-00000004.pt", "step-00000002.pt")]
+    assert len(err) == 3 and err[2] == (
+        f"error: run directory {run_dir} has 2 checkpoint file(s) and none verifies (newest, step-00000004.pt: "
+        f"{NO_SEAL}); refusing to start it again from step 0: restore a good checkpoint, or move {checkpoints} "
+        "away to train from scratch")
+    # Not trained again from step 0: the record says why the run stopped, every other file is as it was.
+    after = json.loads((run_dir / "record.json").read_text())
+    assert after["status"] == "failed" and after["error"] == err[2].removeprefix("error: ")
+    assert after["attempts"] == record["attempts"] + 1 and after["steps_done"] == 4
+    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "record.json"} == {
+        name: data for name, data in before.items() if name != "record.json"}

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from conadv_repro.config import config_from_overrides
+from conadv_repro.data import sources
 from conadv_repro.data.datasets import build_data
 from conadv_repro.data.loader import MicroBatch, train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
-from conadv_repro.data.sources import file_decoder
+from conadv_repro.data.sources import TORCHCODEC_INSTALL, file_decoder, torchcodec_missing
 from conadv_repro.data.transforms import Normalise, cifar10_preset, imagenet_preset, keyed_call
 from conadv_repro.engine.trainer import Trainer
 from conadv_repro.errors import UserError
@@ -159,30 +160,85 @@ def test_normalising_on_the_device_is_the_cpu_path() -> None:
         normalise.on_device(images.float())
 
 
-def test_the_decoders_read_greyscale_cmyk_and_a_png_named_jpeg(imagenet_root) -> None:
-    pil, tv = file_decoder("pil"), file_decoder("torchvision")
+# TorchCodec is the `torchcodec` extra, which `make test` installs; elsewhere its variants skip, saying why.
+DECODER_BACKENDS = ["torchvision", pytest.param("torchcodec", marks=pytest.mark.skipif(
+    torchcodec_missing() is not None,
+    reason=f"TorchCodec does not load here ({torchcodec_missing()}); {TORCHCODEC_INSTALL} installs it"))]
+
+
+@pytest.mark.parametrize("decoder", DECODER_BACKENDS)
+def test_the_decoders_read_greyscale_cmyk_and_a_png_named_jpeg(imagenet_root, decoder: str) -> None:
+    pil, other = file_decoder("pil"), file_decoder(decoder)
     files = sorted((imagenet_root / "train").rglob("*.JPEG"))
     kinds = {Image.open(path).format + Image.open(path).mode for path in files}
     assert {"JPEGL", "JPEGCMYK", "PNGRGB", "JPEGRGB"} <= kinds
     for path in files:
-        a, b = np.asarray(pil(str(path))), np.asarray(tv(str(path)))
+        a, b = np.asarray(pil(str(path))), np.asarray(other(str(path)))
         assert a.shape == b.shape and a.shape[2] == 3 and b.dtype == np.uint8
-        # Both are libjpeg-turbo here; another build may round a few pixels otherwise.
+        # All are libjpeg-turbo here; another build may round a few pixels otherwise.
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0, path
-    bundle = build_data("imagenet", root=str(imagenet_root), image_size=32, decoder="torchvision")
+    bundle = build_data("imagenet", root=str(imagenet_root), image_size=32, decoder=decoder)
     assert bundle.train[(0, 0, 0, 0)][0].shape == (3, 32, 32)
-    with pytest.raises(UserError, match="decoder 'torchvision' applies to imagenet"):
-        build_data("digits", decoder="torchvision")
-    with pytest.raises(UserError, match="data_decoder=torchvision applies to data=imagenet"):
-        config_from_overrides(["data_decoder=torchvision"])
-    with pytest.raises(UserError, match="data_decoder='nvjpeg' is not allowed; allowed: pil, torchvision"):
+    with pytest.raises(UserError, match=f"decoder '{decoder}' applies to imagenet"):
+        build_data("digits", decoder=decoder)
+    with pytest.raises(UserError, match=f"data_decoder={decoder} applies to data=imagenet"):
+        config_from_overrides([f"data_decoder={decoder}"])
+
+
+def test_an_unknown_decoder_is_refused() -> None:
+    with pytest.raises(UserError, match="data_decoder='nvjpeg' is not allowed; allowed: pil, torchvision, torchcodec"):
         config_from_overrides(["data=imagenet", "data_decoder=nvjpeg"])
+    with pytest.raises(UserError, match="data_decoder='nvjpeg' is not allowed; allowed: pil, torchvision, torchcodec"):
+        file_decoder("nvjpeg")
+
+
+@pytest.mark.skipif(torchcodec_missing() is not None, reason=f"TorchCodec does not load here "
+                    f"({torchcodec_missing()}); {TORCHCODEC_INSTALL} installs it")
+def test_torchcodec_turns_an_exif_rotated_photo_upright_and_torchvision_does_not(tmp_path: Path) -> None:
+    """Why torchcodec is a decoder of its own: the same pixels as torchvision.io, but EXIF orientation applied."""
+    photo = _photo_crops(1, seed=5)[0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image is to be shown rotated 90 degrees clockwise
+    plain, rotated = tmp_path / "plain.JPEG", tmp_path / "rotated.JPEG"
+    photo.save(plain, format="JPEG", quality=90)
+    photo.save(rotated, format="JPEG", quality=90, exif=exif.tobytes())
+    pil, tv, tc = (file_decoder(name) for name in ("pil", "torchvision", "torchcodec"))
+    stored = np.asarray(tv(str(plain))).astype(int)
+    for decode in (pil, tv, tc):
+        assert np.abs(np.asarray(decode(str(plain))).astype(int) - stored).mean() < 1.0
+    for decode in (pil, tv):
+        assert np.abs(np.asarray(decode(str(rotated))).astype(int) - stored).mean() < 1.0
+    upright = np.asarray(tc(str(rotated))).astype(int)
+    assert photo.width != photo.height and upright.shape == (photo.width, photo.height, 3)
+    assert np.abs(upright - np.rot90(stored, k=-1)).mean() < 1.0
+
+
+def test_torchvision_notes_its_deprecation_once_and_missing_decoders_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sources, "_noted", set())
+    for _ in range(3):
+        file_decoder("torchvision")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("note: data_decoder=torchvision decodes with torchvision.io")
+    assert TORCHCODEC_INSTALL in err[0]
+    monkeypatch.setattr(sources, "torchcodec_missing", lambda: "ModuleNotFoundError: No module named 'torchcodec'")
+    with pytest.raises(UserError, match=r"data_decoder=torchcodec needs TorchCodec.*No module named 'torchcodec'.*"
+                                        r"install it: pip install -e '\.\[torchcodec\]'"):
+        file_decoder("torchcodec")
+    import torchvision.io
+
+    monkeypatch.delattr(torchvision.io, "decode_image")  # what a torchvision without its decoders looks like
+    with pytest.raises(UserError, match="no longer ships; allowed: data_decoder=pil, or data_decoder=torchcodec"):
+        file_decoder("torchvision")
 
 
 def test_the_decoder_is_in_the_run_id_and_where_to_normalise_is_not() -> None:
     base = config_from_overrides(["data=imagenet"])
     assert config_from_overrides(["data=imagenet", "data_decoder=pil"]).run_id() == base.run_id()
-    assert config_from_overrides(["data=imagenet", "data_decoder=torchvision"]).run_id() != base.run_id()
+    ids = {config_from_overrides(["data=imagenet", f"data_decoder={name}"]).run_id()
+           for name in ("pil", "torchvision", "torchcodec")}
+    assert len(ids) == 3 and base.run_id() in ids
     for where in ("loader", "device"):
         assert config_from_overrides(["data=imagenet", f"runtime.normalise={where}"]).run_id() == base.run_id()
 

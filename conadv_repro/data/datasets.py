@@ -284,7 +284,8 @@ def build_imagenet(
     The official validation images come as one flat folder; move each into its class folder first
     (for example with `valprep.sh` from github.com/soumith/imagenetloader.torch). They are the test
     split here; the validation split is IMAGENET_VAL_PER_CLASS (3) training images per class, held out of train.
-    `decoder` (the config's `data_decoder`): pil, as torchvision's ImageFolder, or torchvision (torchvision.io).
+    `decoder` (the config's `data_decoder`): pil, as torchvision's ImageFolder, torchvision (torchvision.io) or
+    torchcodec (TorchCodec, EXIF orientation applied).
     """
     decode = file_decoder(decoder)
     from torchvision.datasets import ImageFolder
@@ -315,9 +316,9 @@ def build_imagenet(
     train, val = _imagenet_val_split(targets, num_classes, official_train.classes)
     return make_bundle(
         "imagenet",
-        train=FileImages([samples[i] for i in train], decode),
-        val=FileImages([samples[i] for i in val], decode),
-        test=FileImages(official_val.samples, decode),
+        train=FileImages([samples[i] for i in train], decode, decoder),
+        val=FileImages([samples[i] for i in val], decode, decoder),
+        test=FileImages(official_val.samples, decode, decoder),
         transforms=imagenet_preset(size, IMAGENET_MEAN, IMAGENET_STD, autoaugment=autoaugment),
         num_classes=num_classes,
         image_size=size,

@@ -9,19 +9,23 @@ micro-batches also carry `originals`, the same examples without AutoAugment.
 With `normalise_on_device=True` the workers hand over uint8 images and the micro-batch carries the
 `Normalise` that turns them into float: `MicroBatch.to` copies the uint8 batch (a quarter of the bytes
 of float32, pinned too when pinning) and normalises it on the device, with the numbers of the CPU path.
+
+An image file that does not decode stops the stream with `UnreadableImage` (path and reason), for any
+number of workers: see `_Reporting`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conadv_repro.data.datasets import DataBundle
 from conadv_repro.data.sampler import BatchPlan, Lookahead, MicroBatchKey, MicroBatchSampler
-from conadv_repro.data.sources import KeyedTrainSet, Sample, StackedSamples, stack_samples
+from conadv_repro.data.sources import KeyedTrainSet, Sample, StackedSamples, UnreadableImage, stack_samples
 from conadv_repro.data.transforms import Normalise
 from conadv_repro.errors import UserError
 
@@ -73,12 +77,46 @@ class MicroBatch:
         )
 
 
-def collate(batch: StackedSamples | Sequence[Sample]) -> StackedSamples:
+def collate(batch: StackedSamples | Sequence[Sample] | UnreadableImage) -> StackedSamples | UnreadableImage:
     """DataLoader's collate_fn: our datasets stack a micro-batch themselves (`__getitems__`); a user's
-    dataset without `__getitems__` hands over a list of `(image, label, index)` samples."""
-    if isinstance(batch, StackedSamples):
+    dataset without `__getitems__` hands over a list of `(image, label, index)` samples. A batch that met
+    an unreadable image is that error (see `_Reporting`), passed on for the main process to raise."""
+    if isinstance(batch, (StackedSamples, UnreadableImage)):
         return batch
     return stack_samples(batch)
+
+
+class _Reporting(Dataset):
+    """`dataset` as a DataLoader reads it, except that a batch meeting an unreadable image is the
+    `UnreadableImage` itself, returned rather than raised; `_checked` raises it in the main process.
+
+    A worker's raised exception reaches the main process only as its class rebuilt around the worker's
+    traceback text (torch's ExceptionWrapper: a page of traceback, and the path no longer a field).
+    Returned as the batch, the exception is pickled whole, like any batch. Workers=0 takes the same path.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.dataset[key]
+
+    def __getitems__(self, keys: Sequence[Any]) -> Any:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        try:
+            # What DataLoader's fetcher would do with the dataset itself.
+            return getitems(keys) if getitems else [self.dataset[key] for key in keys]
+        except UnreadableImage as error:
+            return error
+
+
+def _checked(batch: StackedSamples | UnreadableImage) -> StackedSamples:
+    if isinstance(batch, UnreadableImage):
+        raise batch
+    return batch
 
 
 def _private_generator() -> torch.Generator:
@@ -125,7 +163,7 @@ def train_micro_batches(
         dataset = dataset.as_uint8()
         normalise = dataset.normalise
     loader = DataLoader(
-        dataset,
+        _Reporting(dataset),
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
@@ -136,7 +174,8 @@ def train_micro_batches(
 
     def micro_batches() -> Iterator[MicroBatch]:
         # DataLoader keeps the sampler's order even with workers, so the keys line up with the batches.
-        for key, batch in zip(sampler.keys(), loader, strict=True):
+        for key, delivered in zip(sampler.keys(), loader, strict=True):
+            batch = _checked(delivered)
             if paired and batch.originals is None:
                 raise UserError(
                     f"{bundle.name} is marked paired but its train set gave no originals; allowed: a "
@@ -164,7 +203,7 @@ class EvalBatches:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"eval batch_size {batch_size!r} is not allowed; allowed: an integer >= 1")
         self.loader = DataLoader(
-            dataset,
+            _Reporting(dataset),
             batch_size=batch_size,
             shuffle=False,
             drop_last=False,
@@ -179,7 +218,8 @@ class EvalBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.loader:
+        for delivered in self.loader:
+            batch = _checked(delivered)
             yield batch.inputs, batch.targets
 
 

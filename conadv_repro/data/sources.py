@@ -10,7 +10,10 @@ set (see `PairedTransform`) appends the un-AutoAugmented view: `(image, label, i
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -21,7 +24,7 @@ from torch.utils.data import Dataset, get_worker_info
 from conadv_repro.data.keys import STREAM_AUGMENT, example_seed
 from conadv_repro.data.sampler import SampleKey
 from conadv_repro.data.transforms import ImageTransform, Normalise, PairedTransform, Transform, keyed_call
-from conadv_repro.errors import UserError
+from conadv_repro.errors import OneLineFailure, UserError
 
 
 class ImageSource(Protocol):
@@ -51,22 +54,94 @@ class TensorImages:
         return self.images[index], int(self.labels[index])
 
 
-class FileImages:
-    """A split of image files read on demand, e.g. the `samples` of a torchvision ImageFolder."""
+class UnreadableImage(OneLineFailure):
+    """An image file its decoder cannot read (truncated, empty, not an image): the run stops on it.
 
-    def __init__(self, samples: Sequence[tuple[str, int]], loader: Callable[[str], Any]) -> None:
+    No image is skipped or replaced: a training set with a hole in it is another run than its config
+    says. It pickles as `(path, reason)`, so it crosses from a DataLoader worker intact (see
+    data/loader.py), rather than as the worker's traceback text that torch re-raises.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"unreadable image {self.path}: {self.reason}"
+
+
+# How a message names the decoder; the key is the config's data_decoder.
+DECODER_LABELS = {"pil": "PIL", "torchvision": "torchvision.io", "torchcodec": "TorchCodec"}
+# torchvision's C++ errors start "decode_jpeg, /build/path/decode_jpeg.cpp:171, "; the user needs the rest.
+_SOURCE_LOCATION = re.compile(r"^\w+, \S+\.(?:cpp|cc|cxx|h|hpp):\d+, ")
+# Pillow names the file it was handed as "<_io.BufferedReader name='...'>"; the line names it already.
+_FILE_OBJECT = re.compile(r"\s*<_io\.\w+ name=.*?>")
+
+
+def decoder_complaint(error: BaseException, path: str, decoder: str | None = None) -> str:
+    """The decoder's error as one short line without the path (the message names it once), e.g.
+    "cannot identify image file (PIL)"."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = _FILE_OBJECT.sub("", _SOURCE_LOCATION.sub("", lines[0] if lines else ""))
+    for form in (repr(path), f'"{path}"', path):
+        text = text.replace(form, "")
+    text = " ".join(text.split()).strip(" :,") or type(error).__name__
+    label = DECODER_LABELS.get(decoder, decoder) if decoder else None
+    return f"{text} ({label})" if label else text
+
+
+class FileImages:
+    """A split of image files read on demand, e.g. the `samples` of a torchvision ImageFolder.
+
+    `decoder` names the loader in the message of a file it cannot read (a `data_decoder` value).
+    """
+
+    def __init__(
+        self, samples: Sequence[tuple[str, int]], loader: Callable[[str], Any], decoder: str | None = None
+    ) -> None:
         self.samples = list(samples)
         self.loader = loader
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        return self.loader(path), label
+        try:
+            return self.loader(path), label
+        except MemoryError:
+            raise  # the machine's trouble, not the file's
+        except Exception as error:  # each decoder has its own error types (OSError, RuntimeError, ...)
+            raise UnreadableImage(path, decoder_complaint(error, path, self.decoder)) from error
 
 
-DECODERS = ("pil", "torchvision")
+DECODERS = ("pil", "torchvision", "torchcodec")
+TORCHCODEC_INSTALL = "pip install -e '.[torchcodec]'"
+
+_noted: set[str] = set()
+
+
+def _note_once(key: str, line: str) -> None:
+    # Once per process, not per image: loader workers forked after the note inherit `_noted`.
+    if key not in _noted:
+        _noted.add(key)
+        print(line, file=sys.stderr, flush=True)
+
+
+@functools.cache
+def torchcodec_missing() -> str | None:
+    """Why TorchCodec cannot decode here (not installed, or fails to load), or None when it can."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception as exc:  # a wheel built for another torch fails to load with OSError or RuntimeError
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _rgb_pil(decoded: torch.Tensor) -> Image.Image:
+    return Image.fromarray(decoded.permute(1, 2, 0).numpy(), mode="RGB")
 
 
 def torchvision_decode(path: str) -> Image.Image:
@@ -74,12 +149,29 @@ def torchvision_decode(path: str) -> Image.Image:
 
     `decode_image` reads the format from the file's first bytes, so a PNG named .JPEG (ImageNet has
     one) decodes; ImageReadMode.RGB turns greyscale and CMYK JPEGs into RGB. The PIL image it gives
-    keeps the augmentation the Pillow path runs, so only the decoder differs.
+    keeps the augmentation the Pillow path runs, so only the decoder differs. EXIF orientation is not
+    applied (torchvision's default), as Pillow's `convert("RGB")` does not apply it either.
     """
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     decoded = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    return Image.fromarray(decoded.permute(1, 2, 0).numpy(), mode="RGB")
+    return _rgb_pil(decoded)
+
+
+def torchcodec_decode(path: str) -> Image.Image:
+    """An image file as an RGB PIL image, decoded by TorchCodec on the CPU (libjpeg-turbo, libpng, ...).
+
+    Like `torchvision_decode` (the format read from the file's bytes; greyscale and CMYK become RGB;
+    uint8), except that TorchCodec always applies the EXIF orientation, with no option to skip it:
+    a photo tagged as rotated comes out upright, transposed relative to pil and torchvision. That is
+    why it is a decoder of its own, with its own run id.
+    """
+    from torchcodec.decoders import decode_image
+
+    decoded = decode_image(path, mode="RGB")
+    if decoded.dim() == 4:  # an animated WebP/GIF/AVIF gives all its frames; Pillow's loader takes the first
+        decoded = decoded[0]
+    return _rgb_pil(decoded)
 
 
 def file_decoder(name: str) -> Callable[[str], Any]:
@@ -89,7 +181,27 @@ def file_decoder(name: str) -> Callable[[str], Any]:
 
         return default_loader
     if name == "torchvision":
+        try:
+            from torchvision.io import decode_image, read_file  # noqa: F401
+        except ImportError:
+            # Deprecated in torchvision 0.29, to be removed: say so here, not once per image in the workers.
+            import torchvision
+
+            raise UserError(
+                f"data_decoder=torchvision needs torchvision.io's image decoders, which torchvision "
+                f"{torchvision.__version__} no longer ships; allowed: data_decoder=pil, or data_decoder=torchcodec "
+                f"({TORCHCODEC_INSTALL}; it applies EXIF orientation, so it is another run id)"
+            ) from None
+        _note_once("torchvision", "note: data_decoder=torchvision decodes with torchvision.io (deprecated since "
+                   "torchvision 0.29); its successor is data_decoder=torchcodec (" + TORCHCODEC_INSTALL +
+                   "), another run id because it turns EXIF-rotated images upright")
         return torchvision_decode
+    if name == "torchcodec":
+        missing = torchcodec_missing()
+        if missing is not None:
+            raise UserError(f"data_decoder=torchcodec needs TorchCodec, which does not load here ({missing}); "
+                            f"install it: {TORCHCODEC_INSTALL}")
+        return torchcodec_decode
     raise UserError(f"data_decoder={name!r} is not allowed; allowed: {', '.join(DECODERS)}")
 
 

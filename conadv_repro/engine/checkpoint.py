@@ -3,7 +3,8 @@
 A preempted or killed job must never resume from half a checkpoint, and must never lose the last good
 one. So every checkpoint is written whole to a temporary file, fsynced and renamed into place
 (`atomic_write_bytes`), and seals its own SHA-256: a file that does not verify is treated as
-incomplete, warned about, and the previous checkpoint is used instead.
+incomplete, reported in one line (`warning: skipping checkpoint P: reason`), and the previous
+checkpoint is used instead.
 
 Opening a checkpoint never runs code from it: every read is `torch.load(..., weights_only=True)`, and
 a file that holds anything but tensors, numbers, strings and containers is refused like a torn one
@@ -36,7 +37,7 @@ import io
 import pickle
 import re
 import struct
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,10 @@ def _encode(state: dict[str, Any]) -> bytes:
 
 class _CorruptCheckpoint(Exception):
     pass
+
+
+class NoUsableCheckpoint(UserError):
+    """A run directory has checkpoint files and none of them verifies (see `load_latest_checkpoint`)."""
 
 
 def _decode(data: bytes, map_location: Any) -> dict[str, Any]:
@@ -224,10 +229,11 @@ def _prune(directory: Path, *, keep: int, written: Path) -> None:
 def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> tuple[dict[str, Any], Path] | None:
     """Load the newest checkpoint that verifies, as `(state, path)`; None if the run has no checkpoint.
 
-    A corrupt, truncated, unverifiable or unsafe file is reported with a RuntimeWarning and skipped in
+    A corrupt, truncated, unverifiable or unsafe file is reported in one line on stderr and skipped in
     favour of the next older one, so a crash during the last save costs one checkpoint interval, not the
-    run. When checkpoints exist but none verifies, raises `UserError`: starting again from step 0 would
-    silently throw the run's progress away and prune those files, which may still be recoverable.
+    run. When checkpoints exist but none verifies, raises `NoUsableCheckpoint` (a `UserError`): starting
+    again from step 0 would silently throw the run's progress away and prune those files, which may still
+    be recoverable.
     """
     failures: list[tuple[Path, str]] = []
     for path in _candidates(run_dir):
@@ -248,7 +254,7 @@ def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> tuple[di
     if failures:
         newest, reason = failures[0]
         reason = " ".join(reason.split())  # an OS or torch message may span lines; the error is one
-        raise UserError(
+        raise NoUsableCheckpoint(
             f"run directory {run_dir} has {len(failures)} checkpoint file(s) and none verifies (newest, "
             f"{newest.name}: {reason}); refusing to start it again from step 0: restore a good checkpoint, "
             f"or move {checkpoint_dir(run_dir)} away to train from scratch")
@@ -264,11 +270,10 @@ def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> dict[str, Any
 
 
 def _warn_corrupt(path: Path, reason: str) -> None:
-    warnings.warn(
-        f"checkpoint {path} is corrupt or incomplete ({reason}); falling back to the previous one",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+    # One plain line per file: Python's warning format would echo this module's source line after each,
+    # and a filter could hide or dedupe a skipped checkpoint the user needs to hear about.
+    reason = " ".join(reason.split())  # an OS or torch message may span lines
+    print(f"warning: skipping checkpoint {path}: {reason}", file=sys.stderr, flush=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -280,6 +285,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 __all__ = [
     "CHECKPOINT_DIR",
     "FINAL_NAME",
+    "NoUsableCheckpoint",
     "checkpoint_dir",
     "latest_checkpoint",
     "load_checkpoint_file",

@@ -19,12 +19,13 @@ from conadv_repro.atomic import append_jsonl
 from conadv_repro.config import Config
 from conadv_repro.distributed.context import DistContext, RankLost, init_distributed, lost_ranks, watch_peers
 from conadv_repro.distributed.handshake import BUILD, DONE, START, Announcer
-from conadv_repro.engine.checkpoint import load_latest_checkpoint, save_checkpoint
+from conadv_repro.engine.checkpoint import NoUsableCheckpoint, load_latest_checkpoint, save_checkpoint
 from conadv_repro.engine.lock import RunLock, check_not_held, requeue_requested
 from conadv_repro.engine.progress import format_duration
 from conadv_repro.engine.ranks import follow, is_transport_error, transport_reason
 from conadv_repro.engine.rundir import RunDirectory, environment_info
 from conadv_repro.engine.trainer import Diverged, Trainer, Window, checkpoint_due, new_progress
+from conadv_repro.errors import OneLineFailure
 from conadv_repro.tracking import Tracker, make_tracker
 
 FINAL_STATES = ("finished", "diverged")
@@ -126,7 +127,15 @@ def _train_locked(trainer: Trainer, rd: RunDirectory, previous: dict[str, Any],
     cfg, derived = trainer.cfg, trainer.derived
     if not rd.config_path.exists():
         rd.write_config(cfg, derived.as_dict())
-    loaded = load_latest_checkpoint(rd.path)
+    try:
+        loaded = load_latest_checkpoint(rd.path)
+    except NoUsableCheckpoint as error:
+        # Not trained again from step 0 over them, and not left "running" or "interrupted" either: the
+        # record says why the run stopped, for `launch status`; the files stay for the user to restore.
+        stale = {key: value for key, value in previous.items() if key != "traceback"}
+        rd.write_record({**stale, "run_id": cfg.run_id(), "status": "failed", "config": cfg.flat(),
+                         "attempts": int(previous.get("attempts", 0)) + 1, "error": str(error)})
+        raise OneLineFailure(str(error)) from None
     elapsed0, epoch_times, log_window = 0.0, [], Window()
     if loaded is not None:
         state, path = loaded
@@ -267,6 +276,12 @@ def _train_steps(trainer: Trainer, rd: RunDirectory, record: dict[str, Any], log
         log(f"[{name}] run directory: {rd.path}")
         return record
     except LockLost:
+        raise
+    except OneLineFailure as error:
+        # E.g. an unreadable image: its line is the whole story (the traceback would be the data loader's),
+        # and the checkpoints stay, so the run resumes once the file is fixed.
+        record.update(status="failed", error=str(error), steps_done=trainer.step, wall_time_s=elapsed())
+        rd.write_record(record)
         raise
     except Diverged as error:
         append_jsonl(rd.metrics_path, {"kind": "diverged", "step": trainer.step + 1, "error": str(error)})

@@ -36,7 +36,8 @@ COMMANDS = ("status", "cancel")
 # Options that act on a launch: given to status or cancel they would be ignored (cancel --dry-run cancelling).
 LAUNCH_ONLY = {"--dry-run": "dry_run", "--estimate": "estimate", "--calibration": "calibration",
                "--allow-cpu": "allow_cpu", "--retry-failed": "retry_failed",
-               "--runs-per-job": "runs_per_job", "--wait/--no-wait": "wait", "--list": "list"}
+               "--runs-per-job": "runs_per_job", "--wait/--no-wait": "wait", "--list": "list",
+               "--check-data": "check_data"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories live (default: runs)")
     parser.add_argument("--data-root", default="", help="dataset folder (ImageNet at the paper scale)")
     parser.add_argument("--retry-failed", action="store_true", help="also resubmit runs whose record says failed")
+    parser.add_argument("--check-data", action="store_true",
+                        help="before submitting, read the first and last bytes of every ImageNet image file of "
+                             "--data-root, list those that cannot be read and stop (exit 2); a clean result is "
+                             "remembered until a file changes")
     parser.add_argument("--runs-per-job", type=int, default=0,
                         help="runs trained one after another in one job (default: grouped for smoke grids, 1 otherwise)")
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
@@ -169,6 +174,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    if args.check_data and args.estimate:
+        raise UserError("--check-data has no use with --estimate, which reads no data and submits nothing; "
+                        "allowed: a launch or --dry-run")
     if args.estimate:
         from conadv_repro.launch.estimate import cmd_estimate
 
@@ -203,6 +211,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     summary = summary_line([s.state for s in states])
     for line in [*memory_warnings(todo, profile), *host_memory_warnings(todo, profile, cluster)]:
         print(line, file=sys.stderr)
+    if args.check_data:  # last of the checks: it takes minutes, the others a moment
+        check_data_files(runs, args)
     if args.dry_run:
         print_runs(runs, states)
         groups = group_runs(todo, cluster, args)
@@ -244,6 +254,20 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(f"details of failed runs: {follow_up('status', args)}")
     print(summary_line([s.state for s in states]))
     return 1 if failures else 0
+
+
+def check_data_files(runs: list[PlannedRun], args: argparse.Namespace) -> None:
+    """`--check-data`: every ImageNet image file the runs will read can be read, or exit 2 listing those that
+    cannot; then the launch (or dry run) goes on."""
+    from conadv_repro.data.check_files import require_readable
+
+    roots = sorted({run.config.data_root for run in runs if run.config.data == "imagenet"})
+    if not roots:
+        data = sorted({run.config.data for run in runs})
+        raise UserError(f"--check-data has no use with --scale {args.scale} (data={', '.join(data)}); it checks "
+                        "the ImageNet image files of --scale paper's --data-root")
+    for root in roots:
+        require_readable(root)
 
 
 def check_jobs_have_gpus(cluster: str, profile: Any, local_gpus: int, args: argparse.Namespace) -> None:
