@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conadv_repro.errors import OneLineParser, UserError, at_least_one, cli_entry, existing_folder
+from conadv_repro.errors import OneLineParser, UserError, at_least_one, cli_entry
 
 EXAMPLES = """examples:
   python -m conadv_repro.evaluate runs/smoke/0123456789ab
   python -m conadv_repro.evaluate moved/run --data-root /mnt/imagenet          # the run's dataset is elsewhere now
   python -m conadv_repro.evaluate RUN_DIR --checkpoint RUN_DIR/checkpoints/step-00000200.pt --batch-size 128
 """
-DATA_ROOT_ALLOWED = "the folder holding the run's dataset (its data_root)"
 
 
 @cli_entry
@@ -46,19 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--splits={args.splits!r} is not allowed; allowed: test, train, val (comma-separated)")
 
     from conadv_repro.engine.checkpoint import load_latest_checkpoint
-    from conadv_repro.engine.rundir import RunDirectory
+    from conadv_repro.engine.rundir import RunDirectory, read_run_config
     from conadv_repro.engine.trainer import Trainer
 
     rd = RunDirectory(args.run_dir)
-    cfg = rd.stored_config()
-    if cfg is None:
-        raise UserError(f"{args.run_dir} is not a run directory (no config.json)")
+    cfg = read_run_config(args.run_dir, data_root=args.data_root)
     overrides: dict[str, object] = {"runtime.device": args.device}
-    if args.data_root is not None:
-        overrides["data_root"] = str(existing_folder(args.data_root, "--data-root", DATA_ROOT_ALLOWED))
-    elif cfg.data_root and not Path(cfg.data_root).is_dir():
-        raise UserError(f"the run's data_root {cfg.data_root} is not a folder here (moved, or another machine); "
-                        "point the run at its data with --data-root DIR")
     if args.batch_size is not None:
         overrides["runtime.eval_batch"] = args.batch_size
     cfg = cfg.replace(overrides)

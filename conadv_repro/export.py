@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conadv_repro.errors import OneLineParser, UserError, cli_entry, existing_folder
+from conadv_repro.errors import OneLineParser, UserError, cli_entry
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -87,19 +87,11 @@ class Exported:
 def export_run(run_dir: Path, *, allow_unfinished: bool = False, data_root: Path | None = None) -> Exported:
     """The main-BN network of the run in `run_dir` and its description; writes nothing. `data_root`
     replaces the dataset folder stored in the run's config (a run or dataset that has moved)."""
-    from conadv_repro.engine.rundir import RunDirectory
+    from conadv_repro.engine.rundir import RunDirectory, read_run_config
 
+    # The dataset is read only for ImageNet's class names, which are optional: check_data=False.
+    cfg = read_run_config(run_dir, data_root=data_root, check_data=False)
     rd = RunDirectory(Path(run_dir))
-    if not rd.path.exists():
-        raise UserError(f"no such run directory: {rd.path}")
-    if not rd.path.is_dir():
-        raise UserError(f"{rd.path} is a file, not a run directory")
-    cfg = rd.stored_config()
-    if cfg is None:
-        raise UserError(f"{rd.path} is not a run directory (no config.json)")
-    if data_root is not None:
-        folder = existing_folder(Path(data_root), "--data-root", "the folder holding the run's dataset")
-        cfg = cfg.replace({"data_root": str(folder)})  # not part of the run id: the checkpoints still match
     builder_kind = _check_exportable(cfg)
     state, source, finished = _pick_checkpoint(rd, cfg, allow_unfinished)
     model_state = state.get("model")

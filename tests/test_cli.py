@@ -81,7 +81,7 @@ def test_evaluate_prints_test_and_train_accuracy(tmp_path: Path, capsys):
     assert status == 0, err
     assert "test  top-1" in out and "train top-1" in out and "final.pt" in out
     status, _, err = call_main(evaluate.main, [str(tmp_path / "nothing")], capsys)
-    assert status == 2 and "not a run directory" in err
+    assert status == 2 and "no such run directory" in err
 
 
 def test_the_run_id_under_torchrun_does_not_depend_on_the_trainer_count(capsys, monkeypatch):

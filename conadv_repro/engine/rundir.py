@@ -22,7 +22,7 @@ import torch
 import conadv_repro
 from conadv_repro.atomic import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from conadv_repro.config import FIELDS, SCHEMA_VERSION, Config, config_from_dict
-from conadv_repro.errors import UserError
+from conadv_repro.errors import UserError, existing_folder
 from conadv_repro.machine import cpu_name
 from conadv_repro.runfiles import CONFIG_FILE, LAUNCHER_FILES, METRICS_FILE, RECORD_FILE
 
@@ -146,3 +146,24 @@ def environment_info(device: torch.device) -> dict[str, Any]:
         "packages": list(packages),
     }
     return info
+
+
+def read_run_config(run_dir: Path, *, option: str = "RUN_DIR", data_root: Path | None = None,
+                check_data: bool = True) -> Config:
+    """The stored config of the run in `run_dir` (its data_root replaced by `data_root` if given), or a
+    one-line UserError. `check_data=False` for a run whose dataset is not read (the other end of --between)."""
+    rd = RunDirectory(Path(run_dir))
+    if not rd.path.exists():
+        raise UserError(f"{option} {rd.path}: no such run directory")
+    if not rd.path.is_dir():
+        raise UserError(f"{option} {rd.path} is a file, not a run directory")
+    cfg = rd.stored_config()
+    if cfg is None:
+        raise UserError(f"{option} {rd.path} is not a run directory (no config.json)")
+    if data_root is not None:
+        folder = existing_folder(Path(data_root), "--data-root", "the folder holding the run's dataset")
+        cfg = cfg.replace({"data_root": str(folder)})  # not part of the run id: its checkpoints still match
+    elif check_data and cfg.data_root and not Path(cfg.data_root).is_dir():
+        raise UserError(f"the run's data_root {cfg.data_root} is not a folder here (moved, or another machine); "
+                        "point the run at its data with --data-root DIR")
+    return cfg
