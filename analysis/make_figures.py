@@ -7,6 +7,9 @@ Writes, under `<out>/<scale>/figures/`:
     figure4.png, figure4.pdf                   throughput against batch size, (a) and (b), measured, the
                                                paper's points and the performance model's curves
     curves_<experiment>.png, .pdf              test top-1 against epoch, one line per method and batch
+    landscape_<experiment>.png, .pdf           for an experiment that declares `settings["landscape"]`: top
+                                               eigenvalue against batch size, and the slices
+                                               (analysis/landscape_figure.py)
 
 Figure 4's model curves come from a calibration (`--calibration PATH`, or the newest one in
 benchmarks/calibrations/ measured on the runs' hardware, else any; with none, NVIDIA's published A100
@@ -152,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 missing.append(f"figure2: no finished run of its {len(cells)} points; not drawn"
                                + left_alone("figure2"))
+        if "landscape" in experiment.settings:
+            from analysis.landscape_figure import landscape_figure
+
+            # Read again with the experiment's declaration, so each run's entry of those settings is chosen.
+            declared = load_runs(args.runs_dir, [args.scale], experiment.settings["landscape"])
+            figure = landscape_figure(experiment, cells_with_runs(experiment, runs, declared), args.scale)
+            stem = f"landscape_{experiment.name}"
+            if figure is None:
+                missing.append(f"{stem}: no run of {experiment.name} measured with its declared settings; "
+                               "not drawn" + left_alone(stem))
+            else:
+                print(f"{stem}: sharpness against batch size and the slices")
+                save(figure, stem)
         curves = curves_of(cells)
         stem = f"curves_{experiment.name}"
         if curves:

@@ -47,6 +47,7 @@ from conadv_repro.batch_sizes import KIBI  # noqa: E402
 from conadv_repro.errors import OneLineParser, UserError, cli_entry  # noqa: E402
 from conadv_repro.launch.plan import check_scale, parse_sets  # noqa: E402
 from conadv_repro.presets import TABLE6  # noqa: E402
+from conadv_repro.registry import experiment_names, load_experiments  # noqa: E402
 
 TABLES = ("table1", "table2", "table4", "table5", "staleness")
 EXTRA = ("table6", "table3")  # hyperparameters; training time (analysis/table3.py)
@@ -58,6 +59,12 @@ SCALE_NOTES = {
     "cifar10": "CIFAR-10 scale: compare differences between methods, not absolute numbers",
     "paper": "paper scale: ImageNet, ResNet-50, the paper's batch sizes",
 }
+
+
+def landscape_experiments() -> tuple[str, ...]:
+    """The experiments that declare a landscape measurement (`settings["landscape"]`): each gets a
+    <name>_landscape table (analysis/landscape_table.py); experiments without one get none."""
+    return tuple(e.name for e in load_experiments(experiment_names()) if "landscape" in e.settings)
 
 
 def writable_folder(folder: Path) -> Path:
@@ -109,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="smoke", help="smoke, proxy, cifar10 or paper (default: smoke)")
     parser.add_argument("--experiments", default="all", help="comma-separated: table1, table2, table4, table5, "
-                                                             "staleness, table6 (hyperparameters), table3, or all "
-                                                             "(default)")
+                                                             "staleness, table6 (hyperparameters), table3, an "
+                                                             "experiment that declares a landscape measurement "
+                                                             "(sharpness: <name>_landscape), or all (default)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the runs are (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--source", default="records", choices=("records", "wandb"),
@@ -124,15 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     check_scale(args.scale)
     sets = parse_sets(args.sets)
     names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    landscape = landscape_experiments()
+    allowed = TABLES + EXTRA + tuple(n for n in landscape if n not in TABLES)
     if not names:
-        raise UserError(f"--experiments {args.experiments!r} names nothing; allowed: {', '.join(TABLES + EXTRA)}, all")
+        raise UserError(f"--experiments {args.experiments!r} names nothing; allowed: {', '.join(allowed)}, all")
     wanted: list[str] = []
     for name in names:
-        for n in (list(TABLES + EXTRA) if name == "all" else [name]):
+        for n in (list(allowed) if name == "all" else [name]):
             if n in ("figure2", "figure4"):
                 raise UserError(f"{n} is a figure: use python analysis/make_figures.py")
-            if n not in TABLES + EXTRA:
-                raise UserError(f"unknown experiment {n!r}; allowed: {', '.join(TABLES + EXTRA)}, all")
+            if n not in allowed:
+                raise UserError(f"unknown experiment {n!r}; allowed: {', '.join(allowed)}, all")
             if n not in wanted:
                 wanted.append(n)
     experiments, runs = planned([n for n in wanted if n in TABLES], args.scale, args.runs_dir, sets)
@@ -178,6 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"table6: {found} of 3 columns filled ({args.scale} scale) -> {out / 'table6'}.md/.csv/.tex")
         if not args.quiet:
             print(f"\n{markdown}")
+    landscape_wanted = [n for n in wanted if n in landscape]
+    if landscape_wanted:
+        from analysis.landscape_table import write_landscape_table
+
+        for experiment in load_experiments(landscape_wanted):
+            # Its own read of the records: each run's entry is chosen by this experiment's declaration. W&B
+            # has no landscape.json, so there its cells are missing.
+            records = frame if args.source == "wandb" else load_runs(args.runs_dir, [args.scale],
+                                                                     experiment.settings["landscape"])
+            _, landscape_runs = planned([experiment.name], args.scale, args.runs_dir, sets)
+            write_landscape_table(experiment, landscape_runs, records, scale=args.scale, out=out, note=note,
+                                  quiet=args.quiet)
     if "table3" in wanted:
         from analysis.table3 import write_table3
 

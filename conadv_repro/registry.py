@@ -52,7 +52,9 @@ class Experiment:
     metrics: tuple[str, ...] = ("test_top1",)
     kind: str = "table"
     notes: tuple[str, ...] = ()
-    # Values of the experiment that the analysis reads (e.g. Table 3's target top-1 per scale).
+    # Values of the experiment that the analysis reads (e.g. Table 3's target top-1 per scale), and what the
+    # launcher does for its runs: `timed` (they measure time), `landscape` (measured after training, see
+    # conadv_repro/landscape_state.py).
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +86,10 @@ def _import(name: str) -> Experiment:
     experiment = getattr(module, "EXPERIMENT", None)
     if not isinstance(experiment, Experiment):
         raise UserError(f"{folder / (name + '.py')} defines no EXPERIMENT")
+    if "landscape" in experiment.settings:  # a bad declaration is refused here, not by a job after training
+        from conadv_repro.landscape_state import check_declaration
+
+        check_declaration(experiment.name, experiment.settings["landscape"])
     return experiment
 
 

@@ -50,7 +50,7 @@ def slurm_partition() -> str:
 # `make test-quick` (the unit tests, for before each commit) leaves them out.
 SLOW_MODULES = {
     "test_cli", "test_distributed", "test_export", "test_figure4", "test_figures", "test_gpu_check",
-    "test_grids_smoke", "test_launch", "test_launch_slurm", "test_proxy_ci", "test_proxy_scale", "test_resume",
+    "test_grids_smoke", "test_launch", "test_launch_landscape", "test_launch_slurm", "test_proxy_ci", "test_proxy_scale", "test_resume",
     "test_slurm_cluster", "test_tables", "test_timing_launch", "test_layers",
 }
 

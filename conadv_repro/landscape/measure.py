@@ -28,6 +28,7 @@ from conadv_repro.landscape import hessian, sharpness, slices, store
 from conadv_repro.landscape.objective import Objective, fp32_numerics, main_route_parameters, main_statistics
 from conadv_repro.landscape.runs import RunAtCheckpoint, check_same_setup, open_run, read_config
 from conadv_repro.landscape.settings import Settings
+from conadv_repro.landscape_state import checkpoint_stat
 
 
 def sample_indices(num_train: int, examples: int, seed: int) -> list[int]:
@@ -70,8 +71,11 @@ def network_at(run: RunAtCheckpoint, bundle: Any, device: torch.device) -> nn.Mo
 
 
 def measure_key(settings: Settings, run: RunAtCheckpoint, other: RunAtCheckpoint | None) -> dict[str, Any]:
-    return {**settings.as_key(), "checkpoint": run.checkpoint.as_dict(),
-            "between": None if other is None else {"run_id": other.run_id, "checkpoint": other.checkpoint.as_dict()}}
+    # The key's one definition is torch-free (landscape_state.py): the launcher's status compares keys too.
+    from conadv_repro.landscape_state import measure_key as key_of
+
+    return key_of(settings, run.checkpoint.as_dict(),
+                  None if other is None else {"run_id": other.run_id, "checkpoint": other.checkpoint.as_dict()})
 
 
 def measure_run(run_dir: Path, settings: Settings, *, device: torch.device, allow_unfinished: bool = False,
@@ -136,6 +140,8 @@ def measure_run(run_dir: Path, settings: Settings, *, device: torch.device, allo
                     "layers": {name: float(p.detach().double().norm()) for name, p in named}},
         "results": results,
         "seconds": seconds,
+        # Not part of the key: lets `status` trust the stored hash while the file is untouched (landscape_state).
+        "checkpoint_stat": checkpoint_stat(run.path / "checkpoints" / run.checkpoint.file),
     }
     store.store(run.path, entry)
     return entry, False

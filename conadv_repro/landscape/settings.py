@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from conadv_repro.errors import UserError
-from conadv_repro.landscape.sharpness import ASCENT_STEPS, EPSILON
-from conadv_repro.landscape.slices import BETWEEN_ALPHAS, SLICE_ALPHAS
 
 VERSION = "conadv-landscape-measure/1"
 
@@ -39,6 +37,14 @@ DEFAULT_SEED = 0  # of the probes and directions (their own torch.Generator per 
 POWER_MAX_ITERATIONS = 20
 POWER_TOLERANCE = 1e-3  # relative change of the Rayleigh quotient between two iterations
 TRACE_PROBES = 16
+# Keskar's epsilon-sharpness (sharpness.py): the box's relative size and the ascent's steps. They live
+# here, not beside their code, so that this module imports no torch: the launcher's status reads keys.
+EPSILON = 1e-3
+ASCENT_STEPS = 10
+# The stated alphas (slices.py): 21 points from -1 to 1 along a direction, 21 from 0 to 1 between two runs
+# (beyond the ends the interpolated running variances could turn negative).
+SLICE_ALPHAS = tuple(round(-1.0 + 0.1 * i, 10) for i in range(21))
+BETWEEN_ALPHAS = tuple(round(0.05 * i, 10) for i in range(21))
 # Each measure draws from its own generator, seeded seed * 16 + its stream, so a measure's numbers do not
 # depend on which other measures ran before it.
 STREAMS = {"eigenvalue": 1, "trace": 2, "adaptive": 3, "slice": 4}

@@ -28,9 +28,7 @@ import torch
 from torch import Tensor
 
 from conadv_repro.landscape.hessian import MatVec, Vec
-
-EPSILON = 1e-3
-ASCENT_STEPS = 10
+from conadv_repro.landscape.settings import ASCENT_STEPS, EPSILON
 
 
 def adaptive_operator(matvec: MatVec, weights: Sequence[Tensor], *, eta: float = 0.0) -> MatVec:

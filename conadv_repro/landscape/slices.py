@@ -21,11 +21,8 @@ import torch
 from torch import Tensor
 
 from conadv_repro.landscape.hessian import Vec
+from conadv_repro.landscape.settings import BETWEEN_ALPHAS, SLICE_ALPHAS
 
-# The stated alphas: 21 points from -1 to 1 along a direction, 21 from 0 to 1 between two runs (beyond
-# the ends the interpolated running variances could turn negative).
-SLICE_ALPHAS = tuple(round(-1.0 + 0.1 * i, 10) for i in range(21))
-BETWEEN_ALPHAS = tuple(round(0.05 * i, 10) for i in range(21))
 # Li et al.'s guard against a zero-norm direction filter.
 _TINY = 1e-10
 

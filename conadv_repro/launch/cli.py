@@ -24,6 +24,7 @@ from typing import Any
 
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.landscape_state import declared_for, read_error
 from conadv_repro.launch.host_memory import host_memory_warnings
 from conadv_repro.launch.memory_check import memory_warnings
 from conadv_repro.launch.plan import LAYOUT_KEYS, PlannedRun, apply_filters, check_scale, expand, parse_sets
@@ -124,6 +125,24 @@ def plan(args: argparse.Namespace, *, check_data: bool = True) -> list[PlannedRu
     return runs
 
 
+def measurements(runs: list[PlannedRun], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Run id -> the landscape measurement that a launched experiment declares for the run (plain data,
+    landscape_state.declared_for); the first experiment in the paper's order wins where two declare one."""
+    declared = {e.name: declared_for(e.settings, args.scale) for e in load_experiments(args.experiments)}
+    found: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for name, _row, _column in run.uses:
+            wanted = declared.get(name)
+            if wanted is not None:
+                found.setdefault(run.run_id, wanted)
+    return found
+
+
+def states_of(runs: list[PlannedRun], args: argparse.Namespace, jobs: SlurmJobs) -> list[RunState]:
+    measured = measurements(runs, args)
+    return [run_state(run.run_dir, jobs, measured.get(run.run_id), run.config.data) for run in runs]
+
+
 def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -203,11 +222,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.scale == "paper" and not args.allow_cpu:
         check_jobs_have_gpus(cluster, profile, local_gpus, args)
     jobs = SlurmJobs()
-    states = [run_state(run.run_dir, jobs) for run in runs]
-    todo_states = ("missing", "unfinished", *(("failed",) if args.retry_failed else ()))
+    states = states_of(runs, args, jobs)
+    # An unmeasured run is finished: its job only measures it (nothing is trained again).
+    todo_states = ("missing", "unfinished", "unmeasured", *(("failed",) if args.retry_failed else ()))
     todo = [run for run, state in zip(runs, states, strict=True) if state.state in todo_states]
+    measure_only = {run.run_id for run, state in zip(runs, states, strict=True) if state.state == "unmeasured"}
     for run in todo:  # refuse a job the cluster cannot give before anything is claimed or written
-        submit.job_resources(cluster, profile, run_processes(run.config))
+        submit.job_resources(cluster, profile, job_processes(run, measure_only))
     summary = summary_line([s.state for s in states])
     for line in [*memory_warnings(todo, profile), *host_memory_warnings(todo, profile, cluster)]:
         print(line, file=sys.stderr)
@@ -215,12 +236,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
         check_data_files(runs, args)
     if args.dry_run:
         print_runs(runs, states)
-        groups = group_runs(todo, cluster, args)
-        print(f"a launch would submit {plural(len(todo), 'run')} in {plural(len(groups), 'job')} to {cluster} "
+        groups = group_runs(todo, cluster, args, measure_only)
+        only = f" ({len(measure_only)} only to measure)" if measure_only else ""
+        print(f"a launch would submit {plural(len(todo), 'run')}{only} in {plural(len(groups), 'job')} to {cluster} "
               f"(scale {args.scale}, runs in {args.runs_dir})")
         if groups:
             print(f"each job ({gpus_line(args, profile)}):")
-        for line in submit.request_lines(cluster, profile, [run_processes(g[0].config) for g in groups],
+        for line in submit.request_lines(cluster, profile, [job_processes(g[0], measure_only) for g in groups],
                                          local_gpus=local_gpus):
             print(line)
         print(summary)
@@ -232,9 +254,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(f"nothing to submit: every run is finished, failed, diverged, queued or running{hint}")
         print(summary)
         return 0
-    submitted = submit_runs(todo, cluster, profile, args)
+    submitted = submit_runs(todo, cluster, profile, args, measured=measurements(runs, args),
+                            measure_only=measure_only)
     if not submitted:
-        print(summary_line([run_state(run.run_dir, SlurmJobs()).state for run in runs]))
+        print(summary_line([s.state for s in states_of(runs, args, SlurmJobs())]))
         return 0
     wait = args.wait if args.wait is not None else cluster != "slurm"
     if not wait:
@@ -248,12 +271,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return 130
     finally:
         submit.remove_folder_template(args.runs_dir / args.scale / "_jobs")  # submitit makes it while waiting
-    states = [run_state(run.run_dir, SlurmJobs()) for run in runs]
+    states = states_of(runs, args, SlurmJobs())
     print_runs(runs, states)
-    if failures:
-        print(f"details of failed runs: {follow_up('status', args)}")
+    unmeasured = sum(s.state == "unmeasured" for s in states)
+    if failures or unmeasured:
+        what = "failed runs" if failures else "unmeasured runs (their measurement failed; training is finished)"
+        print(f"details of {what}: {follow_up('status', args)}")
     print(summary_line([s.state for s in states]))
-    return 1 if failures else 0
+    return 1 if failures or unmeasured else 0
 
 
 def check_data_files(runs: list[PlannedRun], args: argparse.Namespace) -> None:
@@ -285,14 +310,21 @@ def check_jobs_have_gpus(cluster: str, profile: Any, local_gpus: int, args: argp
                     "--allow-cpu if that is meant")
 
 
-def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace) -> list[list[PlannedRun]]:
+def job_processes(run: PlannedRun, measure_only: set[str] | None = None) -> int:
+    """The tasks of a job for `run`: its ranks, or one when the job only measures it (rank 0 alone would
+    work: a job of its training's size would hold idle GPUs)."""
+    return 1 if run.run_id in (measure_only or set()) else run_processes(run.config)
+
+
+def group_runs(runs: list[PlannedRun], cluster: str, args: argparse.Namespace,
+               measure_only: set[str] | None = None) -> list[list[PlannedRun]]:
     if not runs:
         return []
     if cluster == "debug":
         return [runs]
     # A run on several processes has a job of its own (its tasks are its ranks).
-    multi = [[run] for run in runs if run_processes(run.config) > 1]
-    runs = [run for run in runs if run_processes(run.config) == 1]
+    multi = [[run] for run in runs if job_processes(run, measure_only) > 1]
+    runs = [run for run in runs if job_processes(run, measure_only) == 1]
     per_job = args.runs_per_job
     if per_job <= 0:
         if cluster == "local":
@@ -328,7 +360,11 @@ def experiment_tags(runs: list[PlannedRun], args: argparse.Namespace) -> dict[st
     return {run_id: tuple(sorted(found)) for run_id, found in names.items()}
 
 
-def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argparse.Namespace) -> list[tuple[Any, list[PlannedRun]]]:
+def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argparse.Namespace, *,
+                measured: dict[str, dict[str, Any]] | None = None,
+                measure_only: set[str] | None = None) -> list[tuple[Any, list[PlannedRun]]]:
+    """`measured`: run id -> its declared landscape measurement (the job measures after training);
+    `measure_only`: the finished run ids whose job only measures."""
     from conadv_repro.engine.lock import attach_job, claim, release_claim
     from conadv_repro.launch import submit
 
@@ -343,10 +379,10 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
         print("nothing submitted: another launch or process holds every run")
         return []
     tokens = {id(run): token for run, token in claimed}
-    groups = group_runs([run for run, _ in claimed], cluster, args)
+    groups = group_runs([run for run, _ in claimed], cluster, args, measure_only)
     folder = args.runs_dir / args.scale / "_jobs"
     executor = submit.make_executor(cluster, folder, profile)
-    tasks = [run_processes(group[0].config) for group in groups]
+    tasks = [job_processes(group[0], measure_only) for group in groups]
     threads = submit.default_threads(cluster, sum(tasks))
     local_gpus = submit.local_gpu_count() if cluster == "local" else 0
     jobs_made = []
@@ -357,7 +393,9 @@ def submit_runs(todo: list[PlannedRun], cluster: str, profile: Any, args: argpar
 
         def spec(run: PlannedRun) -> submit.RunSpec:
             return submit.RunSpec(run.config.to_dict(), str(run.run_dir), tokens[id(run)], tags[run.run_id],
-                                  machine_lock=lock, timed=bool(timed & {use[0] for use in run.uses}))
+                                  machine_lock=lock, timed=bool(timed & {use[0] for use in run.uses}),
+                                  landscape=(measured or {}).get(run.run_id),
+                                  measure_only=run.run_id in (measure_only or set()))
 
         payloads = [submit.RunJob([spec(run) for run in group], threads) for group in groups]
         measuring = sorted(timed & {use[0] for run, _ in claimed for use in run.uses})
@@ -433,7 +471,7 @@ def log_file(state: RunState) -> Path | None:
 def cmd_status(args: argparse.Namespace) -> int:
     runs = plan(args, check_data=False)
     jobs = SlurmJobs()
-    states = [run_state(run.run_dir, jobs) for run in runs]
+    states = states_of(runs, args, jobs)
     for run, state in zip(runs, states, strict=True):
         line = describe(run, state)
         lock = state.lock or {}
@@ -441,10 +479,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if job:
             line += f" job {job}"
         print(line)
-        if state.state in ("failed", "running", "queued", "unfinished"):
+        if state.state in ("failed", "running", "queued", "unfinished", "unmeasured"):
             log = log_file(state)
             if log is not None:
                 print(f"           log: {log}")
+        failed_measurement = read_error(run.run_dir) if state.state == "unmeasured" else None
+        if failed_measurement:  # written by the job (launch/submit.py); a relaunch measures again
+            print(f"           | landscape measurement failed: {failed_measurement.get('error')}")
         if state.state == "failed":
             tail = (state.record or {}).get("traceback") or (state.record or {}).get("error") or ""
             for text in [t for t in str(tail).strip().splitlines() if t.strip()][-3:]:
@@ -461,7 +502,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     runs = plan(args, check_data=False)
     jobs = SlurmJobs()
-    states = [run_state(run.run_dir, jobs) for run in runs]
+    states = states_of(runs, args, jobs)  # a finished run's job that measures it is live too
     live = [(run, state) for run, state in zip(runs, states, strict=True)
             if state.state in ("queued", "running") and state.lock is not None]
     selected = {run.run_dir for run, _ in live}

@@ -26,6 +26,7 @@ from conadv_repro import throughput_model
 from conadv_repro.batch_sizes import format_batch
 from conadv_repro.config import Config
 from conadv_repro.errors import UserError
+from conadv_repro.landscape_state import assumed_passes, declared_for, settings_of
 from conadv_repro.launch.host_memory import host_memory_report
 from conadv_repro.launch.loader_check import feed_line, find_loader_calibration
 from conadv_repro.launch.memory_check import memory_report
@@ -33,6 +34,7 @@ from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.launch.profiles import Profile, gpus_line, load_profile
 from conadv_repro.launch.submit import MAX_REQUEUES
 from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
+from conadv_repro.registry import load_experiments
 
 # conadv_repro/data/datasets.py holds IMAGENET_VAL_PER_CLASS (3) training images of each of the 1000
 # classes out for validation: the paper scale trains on the rest.
@@ -120,6 +122,9 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
     over_limit: list[tuple[float, PlannedRun]] = []  # (projected wall time, run) past the profile's time limit
     feeds: list[tuple[float, float, bool, str]] = []  # (loader need, images/s per GPU, AA, what) of ImageNet runs
     loader = find_loader_calibration() if profile.gpus_per_node > 0 and calibration.device == "cuda" else None
+    # Landscape measurements the experiments declare (landscape_state.py), run on the job after training.
+    declared = {e.name: declared_for(e.settings, args.scale) for e in load_experiments(args.experiments)}
+    measured_runs, measure_hours = 0, 0.0
     for run in runs:
         cfg = run.config
         network = model.network_of_config(cfg.flat())
@@ -136,6 +141,18 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
                 projection.step.seconds
             what = f"{cfg.method}{' AA' if cfg.autoaugment else ''} at batch {format_batch(cfg.batch_size)}"
             feeds.append((loader.cores_per_gpu(per_gpu, cfg.autoaugment), per_gpu, cfg.autoaugment, what))
+        measure = next((declared[name] for name, _, _ in run.uses if declared.get(name)), None)
+        if measure is not None:
+            # Assumed, not measured: a forward+backward pass per example costs what the calibrated vanilla
+            # step costs per example at the sample's micro-batch, on one device.
+            settings = settings_of(measure, cfg.data)
+            per_example = model.project("vanilla", settings.micro_batch, 1, 1, 0, costs_of[network]).step.seconds / \
+                settings.micro_batch
+            seconds = per_example * settings.examples * assumed_passes(measure, cfg.optim.label_smoothing)
+            measured_runs += 1
+            measure_hours += seconds / 3600
+            total_hours += seconds / 3600
+            total_wall += seconds
         devices = f"{trainers} + {workers}"
         if args.profile and projection.wall_s > profile.time_min * 60:
             over_limit.append((projection.wall_s, run))
@@ -171,6 +188,11 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
         print(f"jobs on Slurm, one per run at this scale ({gpus_line(args, profile)}):")
         for line in request_lines("slurm", profile, [run_processes(run.config) for run in runs]):
             print(line)
+    if measured_runs:
+        print(f"landscape: {measured_runs} run{'s' if measured_runs != 1 else ''} measured after training, "
+              f"{measure_hours:,.2f} {unit} in all (in the grid's total); assumed, not measured: a Hessian-vector "
+              "product ~ 3 forward+backward passes over the sample, power iteration at most 20 of them, a trace "
+              "probe 1, each pass at the calibrated vanilla step's cost per example")
     lines = time_limit_lines(over_limit, profile)
     if args.profile and not lines:
         lines = [f"time limit: every run fits profile {profile.name}'s time_min ({duration(profile.time_min * 60)})"]

@@ -1,6 +1,8 @@
 """The state of a run, from its directory alone (no torch), decided in this order:
 
-1. the record's `finished`, `failed` or `diverged`;
+1. the record's `finished`, `failed` or `diverged`; a finished run that a launched experiment declares a
+   landscape measurement for (conadv_repro/landscape_state.py) and whose landscape.json lacks its entry is
+   `unmeasured`, or `queued`/`running` while a live claim (a job that measures it) holds it;
 2. `running` (a live lock held by a training process) or `queued` (a live claim: submitted, not
    started);
 3. `unfinished` (a run directory and no live lock: its process died or was interrupted, with or without
@@ -21,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from conadv_repro.atomic import read_json_dict
+from conadv_repro.landscape_state import is_measured
 from conadv_repro.lock_state import LOCK_FILE, STALE_AFTER_S, parse_lock, read_raw, stale_reason
 from conadv_repro.runfiles import FINAL_STATES, LAUNCH_FILE, RECORD_FILE
 
-STATES = ("finished", "failed", "diverged", "running", "queued", "unfinished", "missing")
+STATES = ("finished", "unmeasured", "failed", "diverged", "running", "queued", "unfinished", "missing")
 
 
 @dataclass
@@ -61,11 +64,18 @@ class SlurmJobs:
         return ids is not None and job_id not in ids
 
 
-def run_state(run_dir: Path, jobs: SlurmJobs | None = None) -> RunState:
+def run_state(run_dir: Path, jobs: SlurmJobs | None = None, landscape: dict[str, Any] | None = None,
+              data: str = "") -> RunState:
+    """`landscape`: the measurement declared for the run (landscape_state.declared_for; None: none), on
+    dataset `data` (its default sample size)."""
     record = read_json_dict(run_dir / RECORD_FILE)
     launch = read_json_dict(run_dir / LAUNCH_FILE)
+    unmeasured = False
     if record is not None and record.get("status") in FINAL_STATES:
-        return RunState(record["status"], record, None, launch)
+        unmeasured = record["status"] == "finished" and landscape is not None and \
+            not is_measured(run_dir, landscape, data)
+        if not unmeasured:
+            return RunState(record["status"], record, None, launch)
     raw = read_raw(run_dir / LOCK_FILE)
     info = parse_lock(raw[0]) if raw else None
     if raw is not None:
@@ -73,6 +83,8 @@ def run_state(run_dir: Path, jobs: SlurmJobs | None = None) -> RunState:
         if stale_reason(info, raw[1], STALE_AFTER_S, job_gone=gone) is None:
             running = info is not None and info.get("pid") is not None
             return RunState("running" if running else "queued", record, info, launch)
+    if unmeasured:  # no live claim: nothing measures it now
+        return RunState("unmeasured", record, info, launch)
     if run_dir.exists():
         return RunState("unfinished", record, info, launch)
     return RunState("missing", None, None, None)

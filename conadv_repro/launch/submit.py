@@ -42,6 +42,11 @@ class RunSpec:
     # that nothing else trains on the machine while a time is measured.
     machine_lock: str = ""
     timed: bool = False
+    # The landscape measurement a launched experiment declares for the run (landscape_state.declared_for:
+    # plain data; None: none), made on rank 0 after training finishes; `measure_only`: the run is finished
+    # and unmeasured, so the job measures it and trains nothing.
+    landscape: dict[str, Any] | None = None
+    measure_only: bool = False
 
 
 class RunJob:
@@ -70,6 +75,9 @@ class RunJob:
                 results.append({"run_dir": spec.run_dir, "status": "skipped"})
                 continue
             cfg = config_from_dict(spec.config)
+            if spec.measure_only:
+                results.append(self._measure_only(spec, leads))
+                continue
             try:
                 # Rank 0 takes the machine lock to train; the other ranks wait for it at the rendezvous.
                 # Every process imports torch (seconds of CPU) under the lock too, so that no import lands
@@ -84,6 +92,9 @@ class RunJob:
                     record = train(cfg, spec.run_dir, lock_token=spec.token, tags=list(spec.tags))
                 results.append({"run_dir": spec.run_dir, "status": record.get("status"),
                                 "final": record.get("final")})
+                if spec.landscape is not None and leads and record.get("status") == "finished":
+                    with machine_lock(spec.machine_lock, shared=True):
+                        results[-1]["landscape"] = self._measure(spec)
             except Exception as error:  # the next runs of the job still train
                 print(f"run {spec.run_dir} failed: {type(error).__name__}: {error}", flush=True)
                 failures.append(spec.run_dir)
@@ -91,6 +102,52 @@ class RunJob:
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(self.specs)} runs failed: {', '.join(failures)}")
         return results
+
+    def _measure_only(self, spec: RunSpec, leads: bool) -> dict[str, Any]:
+        """A finished run's measurement alone; the job's claim on it is released after (no training took it
+        over). Other ranks of a multi-task job have nothing to do."""
+        from conadv_repro.engine.lock import release_claim
+
+        try:
+            outcome = "skipped (not rank 0)"
+            if leads:
+                with machine_lock(spec.machine_lock, shared=True):
+                    self._training_code()  # torch, with this job's thread count
+                    outcome = self._measure(spec)
+        finally:
+            if leads:
+                release_claim(Path(spec.run_dir), spec.token)
+        return {"run_dir": spec.run_dir, "status": "finished", "landscape": outcome}
+
+    def _measure(self, spec: RunSpec) -> str:
+        """Measure a finished run as declared (docs/landscape.md), on this job's device. A failure is printed
+        on the job log and left in the run's landscape_error.json for `status`; it is not raised, so the
+        training stays finished and the job's next runs go on (status then shows the run `unmeasured`)."""
+        from conadv_repro import landscape_state
+
+        assert spec.landscape is not None
+        run_dir = Path(spec.run_dir)
+        try:
+            # torch: imported only where a run is measured
+            from conadv_repro.config import config_from_dict
+            from conadv_repro.engine.trainer import resolve_device
+            from conadv_repro.landscape.measure import measure_run
+
+            cfg = config_from_dict(spec.config)
+            settings = landscape_state.settings_of(spec.landscape, cfg.data)
+            device = resolve_device(cfg.runtime.device)  # the device the run trained on (rank 0's GPU)
+            entry, reused = measure_run(run_dir, settings, device=device,
+                                        log=lambda line: print(line, flush=True))
+        except Exception as error:  # a UserError or a bug alike: reported, never the training's failure
+            text = f"{type(error).__name__}: {error}".splitlines()[0]
+            print(f"landscape measurement of {spec.run_dir} failed: {text}", flush=True)
+            try:
+                landscape_state.write_error(run_dir, spec.landscape, text, time.time())
+            except OSError as unwritable:  # the log line above still says it; the run stays unmeasured
+                print(f"cannot write {run_dir / landscape_state.ERROR_FILE}: {unwritable}", flush=True)
+            return f"failed: {text}"
+        landscape_state.clear_error(run_dir)
+        return f"{'reused' if reused else 'measured'} entry {entry['key_id']}"
 
     def _training_code(self) -> Any:
         """`run_training`, importing torch on the first call (cached after it)."""

@@ -1,0 +1,230 @@
+"""The analysis reads landscape.json through the records (columns, slices, table, figure) without torch.
+
+Synthetic run directories (tests/synthetic_runs.py) get a landscape.json written by the test, so every
+expected number is known exactly; the experiment is a synthetic one (vanilla and DisAdv at 8k and 32k at
+the proxy scale, 5 seeds) declaring a landscape measurement, as experiments/sharpness.py does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.figures import cells_with_runs
+from analysis.landscape_figure import landscape_figure
+from analysis.landscape_table import landscape_results, layout, paired, paired_layout, write_landscape_table
+from analysis.records import load_runs, load_slices, run_row
+from conadv_repro.landscape.settings import SLICE_ALPHAS, Settings
+from conadv_repro.landscape_state import declared_for, measure_key, settings_of
+from conadv_repro.launch.plan import PlannedRun, expand
+from conadv_repro.registry import Cell, Experiment
+from experiments.common import method_overrides
+from tests.conftest import REPO
+from tests.synthetic_runs import write_run
+
+DECLARED = {"measures": ["eigenvalue", "adaptive", "slice"], "examples": {"proxy": 64}, "micro_batch": 32}
+METHODS = {"Vanilla": "vanilla", "DisAdv": "disadv"}
+BATCHES = ("8k", "32k")
+EXPERIMENT = Experiment(
+    name="landscape_synthetic", title="Synthetic sharpness", description="test", rows=tuple(METHODS),
+    columns=BATCHES, settings={"landscape": DECLARED},
+    cells=tuple(Cell(row=row, column=b, paper_batch=b, overrides=method_overrides(method, False, b))
+                for row, method in METHODS.items() for b in BATCHES))
+CHECKPOINT = {"file": "final.pt", "step": 100, "sha256": "0" * 64}
+
+
+def eigen(run: PlannedRun) -> float:
+    """The synthetic top eigenvalue: grows with the batch, DisAdv 10 lower, plus the seed (so paired
+    differences are exactly -10 and the seeds' spread is known)."""
+    return 100.0 + run.config.batch_size - (10.0 if run.config.method == "disadv" else 0.0) + run.config.seed
+
+
+def entry(settings: Settings, value: float, *, measured_at: str = "2026-01-01T00:00:00+00:00",
+          checkpoint: dict[str, Any] | None = None, between: dict[str, Any] | None = None) -> dict[str, Any]:
+    key = measure_key(settings, checkpoint or CHECKPOINT, between)
+    points = [{"alpha": a, "loss": 1.0 + value / 100 * a * a, "loss_ce": 1.0, "top1": 50.0} for a in SLICE_ALPHAS]
+    results: dict[str, Any] = {
+        "eigenvalue": {"value": value, "iterations": 5, "residual": 0.1, "converged": True, "history": [],
+                       "ce": {"value": value - 1, "iterations": 4, "residual": 0.2, "converged": True}},
+        "adaptive": {"value": value / 10, "iterations": 3, "residual": 0.01, "converged": True, "history": []},
+        "slice": {"points": points}}
+    if between is not None:
+        results = {"between": {"distance": 2.0, "points": [{**p, "alpha": abs(p["alpha"])} for p in points]}}
+    return {"key": key, "key_id": "k" + str(int(value)), "measured_at": measured_at,
+            "sample": {"examples": settings.examples, "loss": 1.0, "loss_ce": 0.9, "top1": 60.0},
+            "weights": {"parameters": 10, "norm": 3.0, "layers": {"fc.weight": 2.0}},
+            "run": {"last_lr": 0.01, "peak_lr": 1.0}, "results": results}
+
+
+def write_landscape(run_dir: Path, entries: list[dict[str, Any]]) -> None:
+    (run_dir / "landscape.json").write_text(json.dumps({"format": "conadv-landscape/1", "entries": entries}))
+
+
+def declared_settings(run: PlannedRun) -> Settings:
+    return settings_of(declared_for({"landscape": DECLARED}, "proxy") or {}, run.config.data)
+
+
+@pytest.fixture()
+def measured(tmp_path: Path) -> tuple[Path, list[PlannedRun]]:
+    runs_dir = tmp_path / "runs"
+    runs = expand([EXPERIMENT], scale="proxy", runs_dir=runs_dir, sets={}, check_data=False)
+    assert len(runs) == 20
+    for run in runs:
+        folder = write_run(run, final_top1=50.0)
+        value = eigen(run)
+        # An older entry of the same settings, one of the default settings, one of a step checkpoint and a
+        # line to another run: the newest entry of the declared settings on final.pt must win.
+        write_landscape(folder, [
+            entry(declared_settings(run), value, measured_at="2026-02-01T00:00:00+00:00"),
+            entry(declared_settings(run), -1.0, measured_at="2025-01-01T00:00:00+00:00"),
+            entry(Settings(examples=512), -2.0),
+            entry(declared_settings(run), -3.0, measured_at="2027-01-01T00:00:00+00:00",
+                  checkpoint={"file": "step_50.pt", "step": 50, "sha256": "1" * 64}),
+            entry(declared_settings(run), -4.0, between={"run_id": "other", "checkpoint": CHECKPOINT})])
+    return runs_dir, runs
+
+
+def test_columns_choose_the_declared_entry_else_default(measured: tuple[Path, list[PlannedRun]]) -> None:
+    runs_dir, runs = measured
+    frame = load_runs(runs_dir, ["proxy"], DECLARED)
+    by_id = frame.set_index("run_id")
+    for run in runs:
+        row = by_id.loc[run.run_id]
+        assert row["landscape.match"] == "requested"
+        assert row["landscape.top_eigenvalue"] == eigen(run)
+        assert row["landscape.top_eigenvalue_ce"] == eigen(run) - 1
+        assert row["landscape.adaptive_eigenvalue"] == pytest.approx(eigen(run) / 10)
+        assert row["landscape.examples"] == 64 and row["landscape.trace"] is None
+        assert row["landscape.layer_norms"] == {"fc.weight": 2.0} and row["landscape.last_lr"] == 0.01
+    # Without a declaration the default-settings entry stands for the run; with none of either, no columns.
+    plain = run_row(runs[0].run_dir)
+    assert plain is not None and plain["landscape.match"] == "default" and plain["landscape.top_eigenvalue"] == -2.0
+    write_landscape(runs[0].run_dir, [entry(Settings(examples=7), 5.0)])
+    bare = run_row(runs[0].run_dir)
+    assert bare is not None and "landscape.top_eigenvalue" not in bare
+    (runs[1].run_dir / "landscape.json").write_text("not json")
+    broken = run_row(runs[1].run_dir)
+    assert broken is not None and "not JSON" in broken["landscape.error"]
+
+
+def test_load_slices(measured: tuple[Path, list[PlannedRun]]) -> None:
+    _, runs = measured
+    slices = load_slices(runs[0].run_dir, DECLARED)
+    random, between = slices[slices["kind"] == "random"], slices[slices["kind"] == "between"]
+    assert list(random["alpha"]) == list(SLICE_ALPHAS) and len(between) == len(SLICE_ALPHAS)
+    assert random["loss"].max() == pytest.approx(1.0 + eigen(runs[0]) / 100)
+    assert set(between["other"]) == {"other"} and set(random["key_id"]) == {f"k{int(eigen(runs[0]))}"}
+    assert load_slices(runs[0].run_dir.parent / "nowhere").empty
+
+
+def test_table_cells_and_paired_differences(measured: tuple[Path, list[PlannedRun]], tmp_path: Path) -> None:
+    runs_dir, runs = measured
+    frame = load_runs(runs_dir, ["proxy"], DECLARED)
+    results = landscape_results(EXPERIMENT, runs, frame)
+    top = {(r.row, r.column): r for r in results if r.metric == "landscape.top_eigenvalue"}
+    # Seeds 0-4: mean 100 + batch + 2 (- 10 for DisAdv), sd of 0..4 = 1.58.
+    assert top[("Vanilla", "8k")].mean == pytest.approx(110.0)
+    assert top[("DisAdv", "32k")].mean == pytest.approx(100.0 + 32 - 10 + 2)
+    grid = layout(EXPERIMENT, results)
+    assert grid.loc["Vanilla: top eigenvalue", "8k"] == "110±1.6 (n=5)"
+    assert grid.loc["DisAdv: adaptive eigenvalue", "8k"] == "10±0.16 (n=5)"
+    pairs = paired(EXPERIMENT, results)
+    assert {(p.row, p.reference) for p in pairs} == {("DisAdv", "Vanilla")}
+    for p in pairs:
+        assert p.n == 5 and p.std == pytest.approx(0.0, abs=1e-9)
+        assert p.mean == pytest.approx(-10.0 if p.metric == "landscape.top_eigenvalue" else -1.0)
+    assert paired_layout(EXPERIMENT, pairs).loc["DisAdv − Vanilla: top eigenvalue", "32k"] == "-10±0 (n=5)"
+    texts = write_landscape_table(EXPERIMENT, runs, frame, scale="proxy", out=tmp_path, note="test", quiet=True)
+    assert {p.name for p in tmp_path.glob("landscape_synthetic_landscape.*")} == {
+        f"landscape_synthetic_landscape.{s}" for s in ("md", "csv", "tex")}
+    assert "4 of 4 cells measured" in texts["md"] and "Paired differences" in texts["md"]
+    assert "/ " not in texts["md"].split("\n\n", 2)[2].split("\n")[2]  # ours only: no paper column
+
+
+def test_table_ignores_entries_of_other_settings(measured: tuple[Path, list[PlannedRun]]) -> None:
+    runs_dir, runs = measured
+    frame = load_runs(runs_dir, ["proxy"])  # no declaration: every run's entry is the default one
+    results = landscape_results(EXPERIMENT, runs, frame)
+    assert all(r.mean is None for r in results)
+
+
+def test_figure_has_one_point_per_run(measured: tuple[Path, list[PlannedRun]]) -> None:
+    runs_dir, runs = measured
+    frame = load_runs(runs_dir, ["proxy"], DECLARED)
+    figure = landscape_figure(EXPERIMENT, cells_with_runs(EXPERIMENT, runs, frame), "proxy")
+    assert figure is not None
+    left, right = figure.axes[:2]
+    assert sum(len(c.get_offsets()) for c in left.collections) == len(runs)
+    assert len(right.lines) == len(runs)
+    from analysis.figures import render
+
+    assert render(figure, "png").startswith(b"\x89PNG")
+    assert landscape_figure(EXPERIMENT, cells_with_runs(EXPERIMENT, runs, load_runs(runs_dir, ["proxy"])),
+                            "proxy") is None
+
+
+def test_landscape_analysis_imports_no_torch(measured: tuple[Path, list[PlannedRun]], tmp_path: Path) -> None:
+    runs_dir, _ = measured
+    code = (
+        "import sys\n"
+        "from conadv_repro.folders import clone_package\n"
+        "clone_package('analysis')\n"
+        "import analysis.records, analysis.landscape_table, analysis.landscape_figure\n"
+        "assert 'torch' not in sys.modules, 'import'\n"
+        # The experiment built again here: importing this test module would import tests/conftest (torch).
+        "from conadv_repro.registry import Cell, Experiment\n"
+        "from experiments.common import method_overrides\n"
+        f"DECLARED = {DECLARED!r}\n"
+        "EXPERIMENT = Experiment(name='landscape_synthetic', title='t', description='', rows=('Vanilla', 'DisAdv'), "
+        "columns=('8k', '32k'), settings={'landscape': DECLARED}, cells=tuple(Cell(row=r, column=b, paper_batch=b, "
+        "overrides=method_overrides(m, False, b)) for r, m in (('Vanilla', 'vanilla'), ('DisAdv', 'disadv')) "
+        "for b in ('8k', '32k')))\n"
+        "from conadv_repro.launch.plan import expand\n"
+        "from analysis.figures import cells_with_runs\n"
+        f"runs = expand([EXPERIMENT], scale='proxy', runs_dir=__import__('pathlib').Path({str(runs_dir)!r}), "
+        "sets={}, check_data=False)\n"
+        f"frame = analysis.records.load_runs(__import__('pathlib').Path({str(runs_dir)!r}), ['proxy'], DECLARED)\n"
+        "analysis.landscape_table.landscape_results(EXPERIMENT, runs, frame)\n"
+        "assert analysis.landscape_figure.landscape_figure(EXPERIMENT, cells_with_runs(EXPERIMENT, runs, frame), "
+        "'proxy') is not None\n"
+        "assert 'torch' not in sys.modules, 'drawing'\n"
+        "print('no torch')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "no torch" in result.stdout
+
+
+def test_make_tables_and_figures_draw_declared_experiments_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the command lines, with the registry's own `sharpness` (the experiment that declares a
+    landscape): its table and figure are written; table1, which declares none, gets neither."""
+    import analysis.make_figures
+    import analysis.make_tables
+    from conadv_repro.registry import load_experiments
+    from tests.helpers import call_main
+
+    sharpness = load_experiments(["sharpness"])[0]
+    runs_dir = tmp_path / "runs"
+    runs = expand([sharpness], scale="smoke", runs_dir=runs_dir, sets={}, check_data=False)
+    for run in runs:
+        write_run(run, final_top1=50.0)
+        settings = settings_of(declared_for(sharpness.settings, "smoke") or {}, run.config.data)
+        write_landscape(run.run_dir, [entry(settings, eigen(run))])
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    status, text, err = call_main(analysis.make_tables.main, ["--experiments", "sharpness,table1", "--runs-dir",
+                                                               str(runs_dir), "--out", str(out), "--quiet"], capsys)
+    assert status == 0, err
+    assert f"sharpness_landscape: {len(runs)} of {len(runs)} cells measured" in text
+    assert {p.name for p in (out / "smoke").glob("*_landscape.*")} == {
+        f"sharpness_landscape.{s}" for s in ("md", "csv", "tex")}
+    status, text, err = call_main(analysis.make_figures.main, ["--experiments", "sharpness,table1", "--runs-dir",
+                                                                str(runs_dir), "--out", str(out)], capsys)
+    assert status == 0, err
+    assert {p.name for p in (out / "smoke" / "figures").glob("landscape_*")} == {
+        "landscape_sharpness.png", "landscape_sharpness.pdf"}
