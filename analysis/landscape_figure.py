@@ -85,9 +85,9 @@ def landscape_figure(experiment: Experiment, cells: list[CellRuns], scale: str) 
         counts[(cell.row, cell.column)] = counts.get((cell.row, cell.column), 0) + 1
     span = sorted(set(counts.values()))
     runs = str(span[0]) if len(span) == 1 else f"{span[0]}-{span[-1]}"
-    fig.suptitle(f"{experiment.title}: loss landscape ({scale} scale, {runs} runs per cell, lines through their "
-                 "means; ours, "
-                 f"not in the paper)\n{scale_note(scale)}", fontsize=10)
+    per_cell = f"{runs} run{'s' if runs != '1' else ''} per cell"
+    fig.suptitle(f"{experiment.title}: loss landscape ({scale} scale, {per_cell}, lines through their means; "
+                 f"ours, not in the paper)\n{scale_note(scale)}", fontsize=10)
     return fig
 
 
