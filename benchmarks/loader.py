@@ -57,7 +57,14 @@ from conadv_repro.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_VAL
 from conadv_repro.data.loader import train_micro_batches
 from conadv_repro.data.sampler import BatchPlan
 from conadv_repro.data.sources import TORCHCODEC_INSTALL, file_decoder, torchcodec_missing
-from conadv_repro.errors import OneLineParser, UserError, calibration_name, check_writable_folder, cli_entry
+from conadv_repro.errors import (
+    OneLineParser,
+    UserError,
+    calibration_name,
+    check_writable_folder,
+    cli_entry,
+    count_at_least,
+)
 from conadv_repro.launch.loader_check import LOADER_SCHEMA, loader_calibrations_dir
 from conadv_repro.machine import cpu_name
 
@@ -301,28 +308,15 @@ def worker_counts(text: str) -> list[int]:
     return counts
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least {minimum}")
-        return value
-
-    return parse
-
-
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=None,
                         help="folder for the JPEG tree (built there, or reused if this benchmark built it); "
                              "default: a temporary folder, removed at the end")
-    parser.add_argument("--rounds", type=at_least(1), default=7, help="alternating rounds (median and spread)")
-    parser.add_argument("--images", type=at_least(1), default=192, help="images per loader and round")
-    parser.add_argument("--batch", type=at_least(1), default=32, help="images per batch")
+    parser.add_argument("--rounds", type=count_at_least(1), default=7, help="alternating rounds (median and spread)")
+    parser.add_argument("--images", type=count_at_least(1), default=192, help="images per loader and round")
+    parser.add_argument("--batch", type=count_at_least(1), default=32, help="images per batch")
     parser.add_argument("--workers", type=worker_counts, default=[0, 1, 2], help="loader worker counts, e.g. 0,1,2")
     parser.add_argument("--save", type=calibration_name, default=None,
                         help="write benchmarks/calibrations/loader/NAME.json (the suite loader's images per CPU-second)")

@@ -61,15 +61,21 @@ class OneLineParser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
-def at_least_one(text: str) -> int:
-    """An argparse type: a count of at least 1 (rounds, steps), or the one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 1")
-    return value
+def count_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum` (`why` says why, after the bound), or the one-line
+    usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least {minimum}{why}")
+        return value
+    return parse
+
+
+at_least_one = count_at_least(1)  # a count (rounds, steps, GPUs)
 
 
 def calibration_name(text: str) -> str:

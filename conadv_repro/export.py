@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from conadv_repro.config import Config
-    from conadv_repro.engine.rundir import RunDirectory
 
 __all__ = ["Exported", "check_destination", "cifar_network", "export_run", "json_path_for", "main",
            "write_export"]
@@ -87,13 +86,15 @@ class Exported:
 def export_run(run_dir: Path, *, allow_unfinished: bool = False, data_root: Path | None = None) -> Exported:
     """The main-BN network of the run in `run_dir` and its description; writes nothing. `data_root`
     replaces the dataset folder stored in the run's config (a run or dataset that has moved)."""
+    from conadv_repro.engine.checkpoint import finished_or_newest
     from conadv_repro.engine.rundir import RunDirectory, read_run_config
 
     # The dataset is read only for ImageNet's class names, which are optional: check_data=False.
     cfg = read_run_config(run_dir, data_root=data_root, check_data=False)
     rd = RunDirectory(Path(run_dir))
     builder_kind = _check_exportable(cfg)
-    state, source, finished = _pick_checkpoint(rd, cfg, allow_unfinished)
+    state, source, finished = finished_or_newest(rd.path, rd.read_record(), cfg.run_id(),
+                                                 allow_unfinished=allow_unfinished, verb="export")
     model_state = state.get("model")
     if not isinstance(model_state, dict) or "fc.weight" not in model_state:
         raise UserError(f"checkpoint {source} holds no network of model.name={cfg.model.name}")
@@ -147,50 +148,6 @@ def _check_exportable(cfg: Config) -> str:
     # A user's builder may return anything, whatever it is called: no builder line could be promised.
     raise UserError(f"model.name={name!r} is a user's builder, which export cannot describe; allowed: "
                     f"{', '.join([*CIFAR_DEPTHS, *TORCHVISION])}")
-
-
-def _pick_checkpoint(rd: RunDirectory, cfg: Config,
-                     allow_unfinished: bool) -> tuple[dict[str, Any], Path, bool]:
-    """(state, path, finished): final.pt of a finished run, else (when allowed) the newest that verifies."""
-    from conadv_repro.engine.checkpoint import (
-        FINAL_NAME,
-        checkpoint_dir,
-        latest_checkpoint,
-        load_checkpoint_file,
-        load_latest_checkpoint,
-    )
-
-    newest = latest_checkpoint(rd.path)
-    if newest is None:
-        raise UserError(f"run directory {rd.path} has no checkpoint to export yet")
-    record = rd.read_record() or {}
-    status = record.get("status", "not started")
-    final = checkpoint_dir(rd.path) / FINAL_NAME
-    state: dict[str, Any] | None = None
-    if status == "finished":
-        if final.is_file():
-            try:
-                state, source, finished = load_checkpoint_file(final), final, True
-            except RuntimeError as error:
-                if not allow_unfinished:
-                    raise UserError(f"{error}; pass --allow-unfinished to export the newest checkpoint that "
-                                    "verifies") from None
-        elif not allow_unfinished:
-            raise UserError(f"run {rd.path} is recorded finished but {final} is missing; pass "
-                            "--allow-unfinished to export its newest checkpoint")
-    elif not allow_unfinished:
-        steps = f", {record.get('steps_done')} of {record.get('total_steps')} steps" if record else ""
-        raise UserError(f"run {rd.path} has not finished (status {status}{steps}); pass --allow-unfinished "
-                        f"to export its newest checkpoint ({newest.name})")
-    if state is None:
-        loaded = load_latest_checkpoint(rd.path)
-        if loaded is None:
-            raise UserError(f"run directory {rd.path} has no checkpoint to export yet")
-        (state, source), finished = loaded, False
-    if state.get("run_id") != cfg.run_id():
-        raise UserError(f"checkpoint {source} belongs to run {state.get('run_id')}, not to this run directory's "
-                        f"config ({cfg.run_id()})")
-    return state, source, finished
 
 
 def _main_branch_state(cfg: Config, model_state: dict[str, Tensor], *, num_classes: int, in_channels: int,

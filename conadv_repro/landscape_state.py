@@ -95,7 +95,8 @@ def measure_key(settings: Settings, checkpoint: Mapping[str, Any], between: Mapp
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, once per process for a given (path, size, mtime): a checkpoint's identity."""
     stat = path.stat()
     memo = (str(path), stat.st_size, stat.st_mtime_ns)
     if memo not in _HASHES:
@@ -132,7 +133,7 @@ def is_measured(run_dir: Path, declared: Mapping[str, Any], data: str) -> bool:
             continue
         # A status over a grid must not read every final.pt (hundreds of MB each at the paper scale): the file's
         # size and mtime vouch for the hash stored with the entry, as make trusts timestamps; else hash it.
-        if entry.get("checkpoint_stat") == checkpoint_stat(final) or checkpoint.get("sha256") == _sha256(final):
+        if entry.get("checkpoint_stat") == checkpoint_stat(final) or checkpoint.get("sha256") == file_sha256(final):
             return True
     return False
 

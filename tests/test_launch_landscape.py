@@ -101,7 +101,7 @@ def test_a_status_trusts_the_stored_hash_while_final_pt_is_untouched(tmp_path, m
 
     def no_reading(path):
         raise AssertionError(f"{path} was read")
-    monkeypatch.setattr(landscape_state, "_sha256", no_reading)
+    monkeypatch.setattr(landscape_state, "file_sha256", no_reading)
     assert run_state(run_dir, landscape=DECLARED, data="digits").state == "finished"
     stat = final.stat()
     os.utime(final, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: the hash is checked again

@@ -276,6 +276,42 @@ def _warn_corrupt(path: Path, reason: str) -> None:
     print(f"warning: skipping checkpoint {path}: {reason}", file=sys.stderr, flush=True)
 
 
+def finished_or_newest(run_dir: Path, record: dict[str, Any] | None, run_id: str, *, allow_unfinished: bool,
+                       verb: str) -> tuple[dict[str, Any], Path, bool]:
+    """(state, path, finished) of the checkpoint a tool reads from a run (export, the landscape): a finished
+    run's final.pt, verified; else, with `allow_unfinished`, its newest checkpoint that verifies. Refusals are
+    one-line UserErrors naming --allow-unfinished; `verb` says what the caller does with the checkpoint."""
+    newest = latest_checkpoint(run_dir)
+    record = record or {}
+    hint = f"; pass --allow-unfinished to {verb} its newest checkpoint that verifies"
+    status = record.get("status", "not started")
+    final = checkpoint_dir(run_dir) / FINAL_NAME
+    loaded: tuple[dict[str, Any], Path] | None = None
+    finished = False
+    if status == "finished" and final.is_file():
+        try:
+            loaded, finished = (load_checkpoint_file(final), final), True
+        except RuntimeError as error:  # names the file and why it does not verify
+            if not allow_unfinished:
+                raise UserError(f"{error}{hint}") from None
+    elif not allow_unfinished:
+        if status == "finished":
+            raise UserError(f"run {run_dir} is recorded finished but {final} is missing{hint}")
+        steps = f", {record.get('steps_done')} of {record.get('total_steps')} steps" if record else ""
+        raise UserError(f"run {run_dir} has not finished (status {status}{steps}){hint}"
+                        + (f" ({newest.name})" if newest is not None else ""))
+    if loaded is None:
+        loaded = load_latest_checkpoint(run_dir) if newest is not None else None  # reports each file skipped
+        if loaded is None:
+            raise UserError(f"run directory {run_dir} has no checkpoint to {verb} yet")
+    state, path = loaded
+    if state.get("run_id") != run_id:
+        # Another run's network would be read as this run's, with this run's config and data.
+        raise UserError(f"checkpoint {path} belongs to run {state.get('run_id')}, not to this run directory's "
+                        f"config ({run_id})")
+    return state, path, finished
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint file that exists, without verifying it (cheap; for requeue decisions)."""
     candidates = _candidates(run_dir)
@@ -287,6 +323,7 @@ __all__ = [
     "FINAL_NAME",
     "NoUsableCheckpoint",
     "checkpoint_dir",
+    "finished_or_newest",
     "latest_checkpoint",
     "load_checkpoint_file",
     "load_latest_checkpoint",

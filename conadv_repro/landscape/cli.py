@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from conadv_repro.errors import OneLineParser, at_least_one, cli_entry
+from conadv_repro.errors import OneLineParser, at_least_one, cli_entry, count_at_least
 from conadv_repro.landscape.settings import (
     DEFAULT_MICRO_BATCH,
     DEFAULT_SEED,
@@ -37,21 +37,8 @@ examples:
 """
 
 
-def at_least_two(text: str) -> int:
-    value = at_least_one(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 2 (for a standard error)")
-    return value
-
-
-def not_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be at least 0")
-    return value
+at_least_two = count_at_least(2, " (for a standard error)")
+not_negative = count_at_least(0)
 
 
 @cli_entry

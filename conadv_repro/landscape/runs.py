@@ -9,13 +9,13 @@ later final.pt of the same run is a new measurement, never mistaken for the earl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conadv_repro.engine.rundir import read_run_config as read_config
 from conadv_repro.errors import UserError
+from conadv_repro.landscape_state import file_sha256
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ def open_run(run_dir: Path, *, allow_unfinished: bool, data_root: Path | None = 
              option: str = "RUN_DIR", check_data: bool = True) -> RunAtCheckpoint:
     """The run in `run_dir` at the checkpoint to measure (module docstring), or a one-line UserError."""
     from conadv_repro.atomic import read_json_dict
+    from conadv_repro.engine.checkpoint import finished_or_newest
     from conadv_repro.engine.rundir import RunDirectory
 
     cfg = read_config(run_dir, option=option, data_root=data_root, check_data=check_data)
@@ -68,57 +69,13 @@ def open_run(run_dir: Path, *, allow_unfinished: bool, data_root: Path | None = 
     record = rd.read_record() or {}
     stored = read_json_dict(rd.config_path) or {}
     derived = stored.get("derived") if isinstance(stored.get("derived"), dict) else {}
-    state, path, finished = _pick_checkpoint(rd.path, record, allow_unfinished)
-    if state.get("run_id") != cfg.run_id():
-        raise UserError(f"checkpoint {path} belongs to run {state.get('run_id')}, not to this run directory's "
-                        f"config ({cfg.run_id()})")
+    state, path, finished = finished_or_newest(rd.path, record, cfg.run_id(), allow_unfinished=allow_unfinished,
+                                               verb="measure")
     if not isinstance(state.get("model"), dict):
         raise UserError(f"checkpoint {path} holds no network")
-    identity = CheckpointIdentity(file=path.name, step=int(state.get("step", 0)), sha256=_file_sha256(path))
+    identity = CheckpointIdentity(file=path.name, step=int(state.get("step", 0)), sha256=file_sha256(path))
     return RunAtCheckpoint(path=rd.path, cfg=cfg, derived=derived, record=record, state=state,
                            checkpoint=identity, finished=finished)
-
-
-def _pick_checkpoint(run_dir: Path, record: dict[str, Any],
-                     allow_unfinished: bool) -> tuple[dict[str, Any], Path, bool]:
-    """(state, path, finished): final.pt of a finished run, else (when allowed) the newest that verifies."""
-    from conadv_repro.engine.checkpoint import (
-        FINAL_NAME,
-        checkpoint_dir,
-        latest_checkpoint,
-        load_checkpoint_file,
-        load_latest_checkpoint,
-    )
-
-    hint = "; pass --allow-unfinished to measure its newest checkpoint that verifies"
-    status = record.get("status", "not started")
-    final = checkpoint_dir(run_dir) / FINAL_NAME
-    if status == "finished" and final.is_file():
-        try:
-            return load_checkpoint_file(final), final, True
-        except RuntimeError as error:  # names the file and why it does not verify
-            if not allow_unfinished:
-                raise UserError(f"{error}{hint}") from None
-    elif not allow_unfinished:
-        if status == "finished":
-            raise UserError(f"run {run_dir} is recorded finished but {final} is missing{hint}")
-        steps = f", {record.get('steps_done')} of {record.get('total_steps')} steps" if record else ""
-        raise UserError(f"run {run_dir} has not finished (status {status}{steps}){hint}")
-    if latest_checkpoint(run_dir) is None:
-        raise UserError(f"run directory {run_dir} has no checkpoint to measure yet")
-    loaded = load_latest_checkpoint(run_dir)  # warns about each newer file that does not verify
-    if loaded is None:
-        raise UserError(f"run directory {run_dir} has no checkpoint to measure yet")
-    state, path = loaded
-    return state, path, path.name == FINAL_NAME and status == "finished"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def image_size(cfg: Any) -> int:

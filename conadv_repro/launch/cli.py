@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conadv_repro.batch_sizes import format_batch
-from conadv_repro.errors import OneLineParser, UserError, cli_entry
+from conadv_repro.errors import OneLineParser, UserError, at_least_one, cli_entry
 from conadv_repro.landscape_state import declared_for
 from conadv_repro.launch.host_memory import host_memory_warnings
 from conadv_repro.launch.memory_check import memory_warnings
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=None, metavar="NAME|PATH",
                         help="slurm/profiles/NAME.toml (partition, GPUs, time...; $CONADV_PROFILES names another "
                              "folder), or the path of a .toml file")
-    parser.add_argument("--gpus-per-run", type=positive_int, default=0, metavar="N",
+    parser.add_argument("--gpus-per-run", type=at_least_one, default=0, metavar="N",
                         help="GPUs (processes) per run, for every run whose experiment does not pin its layout "
                              "(Figure 4 does); not part of a run id: a relaunch with another N resumes the same "
                              "runs (default: the profile's gpus_per_run, else at the paper scale 8 on a GPU "
@@ -84,16 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                         help="wait for the jobs and print the results (default: yes for local/debug, no for slurm)")
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an integer >= 1")
-    return value
 
 
 def plan(args: argparse.Namespace, *, check_data: bool = True) -> list[PlannedRun]:
