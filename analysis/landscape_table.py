@@ -1,21 +1,30 @@
 """The loss-landscape table of an experiment that declares `settings["landscape"]`: ours only (no paper).
 
-Rows are the experiment's methods, columns its batch sizes, one line per measure the experiment declares
+Rows are the experiment's methods, columns its batch sizes: one line per measure the experiment declares
 (top Hessian eigenvalue, adaptive eigenvalue, trace, epsilon-sharpness; the `landscape.*` columns of
-`analysis.records`). A cell is the mean over the cell's finished runs whose entry has exactly the declared
+`analysis.records`), the norm of the perturbed weights (which a raw curvature depends on; shown, never
+compared), then the accuracies it lists in `metrics` (training and test top-1, and the gap when it lists
+both). A measure's cell is the mean over the cell's finished runs whose entry has exactly the declared
 settings (`landscape.match == "requested"`: entries of other settings are measured on another sample and
 are not comparable), `mean±sd (n=k)` with several seeds. The paper has no such numbers, so there is no
 "/ paper" part.
 
-Paired differences: each row minus the experiment's reference row at the same column, seed by seed on the
-seeds both finished (the seed fixes the initialisation and the data order), `mean±sd (n=k)`. The reference
-is `settings["landscape_reference"]`, a row label or a method name (default "vanilla": the row whose
-cells train vanilla). It is a setting of its own because `settings["landscape"]` is the launcher's
-declaration, whose keys conadv_repro/landscape_state.py checks.
+Settings the table reads beside the launcher's `landscape` declaration (whose keys
+conadv_repro/landscape_state.py checks):
+  - `landscape_reference`: the row(s) the others are compared with, each a row label or a method name
+    (default "vanilla");
+  - `primary`: the measure the experiment's claims are tested on, declared before its runs (marked in the
+    table; default the top eigenvalue);
+  - `converged_train_top1`: runs below this training top-1 (eval mode) are not at a minimum; they are
+    counted in their cell and listed under the table, not dropped.
+
+Paired comparisons (analysis/landscape_stats.py), seed by seed in log space with 95% paired-t intervals:
+each row against each reference row at the same column, and each row's last column against its first.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +32,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import CellResult, PairedResult, cell_results, to_latex, to_markdown
+from analysis.landscape_stats import LogRatio, across_columns, against_references
+from analysis.tables import METRIC_NAMES, CellResult, cell_results, to_latex, to_markdown
 from conadv_repro.atomic import atomic_write_text
 from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.registry import Experiment
@@ -31,6 +41,8 @@ from conadv_repro.registry import Experiment
 SETTING = "landscape"
 REFERENCE_SETTING = "landscape_reference"
 DEFAULT_REFERENCE = "vanilla"
+PRIMARY_SETTING = "primary"
+CONVERGED_SETTING = "converged_train_top1"
 # measure (landscape/settings.MEASURES) -> its records column and label, in table order.
 MEASURE_COLUMNS = {
     "eigenvalue": ("landscape.top_eigenvalue", "top eigenvalue"),
@@ -39,6 +51,9 @@ MEASURE_COLUMNS = {
     "epsilon": ("landscape.epsilon_sharpness", "epsilon-sharpness (%)"),
 }
 DEFAULT_MEASURES = ("eigenvalue", "adaptive")
+# Shown beside the measures, never compared: the scale of the weights a raw curvature depends on.
+WEIGHT_NORM = ("landscape.weight_norm", "weight norm")
+ACCURACIES = ("train_top1", "test_top1")
 
 
 def declares_landscape(experiment: Experiment) -> bool:
@@ -52,8 +67,20 @@ def metrics_of(experiment: Experiment) -> tuple[str, ...]:
     return tuple(MEASURE_COLUMNS[m][0] for m in measures)
 
 
-def label_of(metric: str) -> str:
-    return next((label for column, label in MEASURE_COLUMNS.values() if column == metric), metric)
+def accuracies_of(experiment: Experiment) -> tuple[str, ...]:
+    """The accuracy lines: the experiment's training and test top-1 (as it lists them), and the gap with both."""
+    listed = tuple(m for m in ACCURACIES if m in experiment.metrics)
+    return listed + (("gap",) if len(listed) == len(ACCURACIES) else ())
+
+
+def primary_of(experiment: Experiment) -> str:
+    return str(experiment.settings.get(PRIMARY_SETTING, MEASURE_COLUMNS["eigenvalue"][0]))
+
+
+def label_of(metric: str, primary: str | None = None) -> str:
+    label = next((label for column, label in (*MEASURE_COLUMNS.values(), WEIGHT_NORM) if column == metric),
+                 METRIC_NAMES.get(metric, metric))
+    return f"{label} (primary)" if metric == primary else label
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -63,108 +90,168 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     # No run has a landscape entry at all (e.g. W&B records): every cell is missing.
     other = frame["landscape.match"] != "requested" if "landscape.match" in frame else pd.Series(True, frame.index)
-    for column, _ in MEASURE_COLUMNS.values():
+    for column, _ in (*MEASURE_COLUMNS.values(), WEIGHT_NORM):
         frame[column] = frame[column].astype(object).where(~other, None) if column in frame else None
     return frame
 
 
 def landscape_results(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame) -> list[CellResult]:
-    """tables.cell_results over the declared measures' columns, on the comparable rows only."""
-    return cell_results(replace(experiment, metrics=metrics_of(experiment)), runs, comparable(frame))
+    """tables.cell_results over the declared measures' columns and the weight norm (on the comparable rows
+    only), then over the accuracy columns (every finished run)."""
+    measures = cell_results(replace(experiment, metrics=metrics_of(experiment) + (WEIGHT_NORM[0],)), runs,
+                            comparable(frame))
+    accuracies = accuracies_of(experiment)
+    return measures + (cell_results(replace(experiment, metrics=accuracies), runs, frame) if accuracies else [])
 
 
-def cell_text(result: CellResult) -> str:
-    """Ours only: `mean`, `mean±sd (n=k)`, or `missing (statuses)`."""
-    if result.mean is None:
-        waiting = sorted({s for s in result.statuses if s not in ("finished", "missing")})
-        return f"missing ({', '.join(waiting)})" if waiting else "missing"
-    if result.std is not None:
-        return f"{result.mean:.4g}±{result.std:.2g} (n={len(result.values)})"
-    return f"{result.mean:.4g}" + (" (n=1)" if len(result.run_ids) > 1 else "")
-
-
-def reference_row(experiment: Experiment) -> str | None:
-    """The row the others are compared with: the setting as a row label, else the row whose cells all
-    train that method; None when no row fits (then there are no paired differences)."""
-    wanted = str(experiment.settings.get(REFERENCE_SETTING, DEFAULT_REFERENCE))
-    if wanted in experiment.rows:
-        return wanted
-    for row in experiment.rows:
-        cells = [c for c in experiment.cells if c.row == row]
-        if cells and all(c.overrides.get("method") == wanted and not c.overrides.get("autoaugment") for c in cells):
-            return row
-    return None
-
-
-def paired(experiment: Experiment, results: list[CellResult]) -> list[PairedResult]:
-    """Every other row minus the reference row, per column and metric, on the seeds both finished."""
-    reference = reference_row(experiment)
-    if reference is None:
+def unconverged(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The finished runs under the experiment's `converged_train_top1`: row, column, seed, run id, train top-1."""
+    threshold = experiment.settings.get(CONVERGED_SETTING)
+    if threshold is None or frame.empty or "train_top1" not in frame:
         return []
-    index = {(r.row, r.column, r.metric): r for r in results}
+    by_id = {row["run_id"]: row for row in frame.to_dict("records")}
     out = []
-    for r in results:
-        ref = index.get((reference, r.column, r.metric))
-        if r.row == reference or ref is None:
-            continue
-        theirs = dict(zip(ref.seeds, ref.values, strict=True))
-        ours = dict(zip(r.seeds, r.values, strict=True))
-        seeds = [s for s in r.seeds if s in theirs]
-        out.append(PairedResult(r.experiment, r.row, r.column, r.metric, reference, seeds,
-                                [ours[s] - theirs[s] for s in seeds]))
+    for cell in experiment.cells:
+        for run in runs:
+            row = by_id.get(run.run_id)
+            if (experiment.name, cell.row, cell.column) not in run.uses or not row or row["status"] != "finished":
+                continue
+            top1 = row.get("train_top1")
+            if isinstance(top1, (int, float)) and not math.isnan(top1) and top1 < float(threshold):
+                out.append({"row": cell.row, "column": cell.column, "seed": run.config.seed, "run_id": run.run_id,
+                            "train_top1": float(top1)})
     return out
 
 
-def paired_text(pair: PairedResult) -> str:
-    if pair.mean is None:
-        return "no pairs"
-    return f"{pair.mean:+.4g}" + (f"±{pair.std:.2g}" if pair.std is not None else "") + f" (n={pair.n})"
+# An eigenvalue measure -> its records column saying whether the power iteration met its tolerance.
+CONVERGED_COLUMNS = {"landscape.top_eigenvalue": "landscape.top_eigenvalue_converged",
+                     "landscape.adaptive_eigenvalue": "landscape.adaptive_eigenvalue_converged"}
 
 
-def _label(row: str, metric: str, metrics: tuple[str, ...]) -> str:
-    return row if len(metrics) == 1 else f"{row}: {label_of(metric)}"
+def not_converged(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame) -> dict[str, int]:
+    """Per declared eigenvalue measure, how many of the experiment's measured runs ended their power iteration
+    at its limit without meeting the tolerance (their value is a lower bound)."""
+    planned = {run.run_id for run in runs if any(use[0] == experiment.name for use in run.uses)}
+    rows = comparable(frame)
+    rows = rows[rows["run_id"].isin(planned)] if not rows.empty else rows
+    out = {}
+    for metric in metrics_of(experiment):
+        flag = CONVERGED_COLUMNS.get(metric)
+        if flag is not None and not rows.empty and flag in rows and metric in rows:
+            measured = rows[rows[metric].notna()]
+            out[metric] = int((measured[flag] == False).sum())  # noqa: E712 (None: not measured)
+    return out
 
 
-def layout(experiment: Experiment, results: list[CellResult]) -> pd.DataFrame:
+def cell_text(result: CellResult, flagged: int = 0) -> str:
+    """Ours only: `mean`, `mean±sd (n=k)`, or `missing (statuses)`; `flagged` runs under the convergence line."""
+    if result.mean is None:
+        waiting = sorted({s for s in result.statuses if s not in ("finished", "missing")})
+        return f"missing ({', '.join(waiting)})" if waiting else "missing"
+    digits = ".2f" if result.metric in (*ACCURACIES, "gap") else ".4g"
+    if result.std is not None:
+        text = f"{result.mean:{digits}}±{result.std:.2g} (n={len(result.values)})"
+    else:
+        text = f"{result.mean:{digits}}" + (" (n=1)" if len(result.run_ids) > 1 else "")
+    return text + (f", {flagged} unconverged" if flagged else "")
+
+
+def references(experiment: Experiment) -> tuple[str, ...]:
+    """The rows the others are compared with: `settings["landscape_reference"]`, one or several, each a row
+    label or a method name (the row whose cells all train that method, without AutoAugment); names that fit no
+    row are skipped."""
+    wanted = experiment.settings.get(REFERENCE_SETTING, DEFAULT_REFERENCE)
+    out: list[str] = []
+    for name in ([wanted] if isinstance(wanted, str) else list(wanted)):
+        row = name if name in experiment.rows else next(
+            (r for r in experiment.rows
+             if (cells := [c for c in experiment.cells if c.row == r])
+             and all(c.overrides.get("method") == name and not c.overrides.get("autoaugment") for c in cells)), None)
+        if row is not None and row not in out:
+            out.append(row)
+    return tuple(out)
+
+
+def paired(experiment: Experiment, results: list[CellResult]) -> list[LogRatio]:
+    """Every other row against each reference row, per column and measure: log ratios on the shared seeds."""
+    measures = set(metrics_of(experiment))
+    return against_references([r for r in results if r.metric in measures], experiment.rows, references(experiment))
+
+
+def growth(experiment: Experiment, results: list[CellResult]) -> list[LogRatio]:
+    """Each row's last column against its first (the batch size's effect), per measure, seed by seed."""
+    measures = set(metrics_of(experiment))
+    return across_columns([r for r in results if r.metric in measures], experiment.columns)
+
+
+def _label(row: str, metric: str, metrics: tuple[str, ...], primary: str) -> str:
+    return row if len(metrics) == 1 else f"{row}: {label_of(metric, primary)}"
+
+
+def layout(experiment: Experiment, results: list[CellResult], flags: list[dict[str, Any]] | None = None
+           ) -> pd.DataFrame:
+    """One line per row and measure, the weight norm, then per row and accuracy; a training top-1 cell counts
+    its runs under the convergence line."""
     index = {(r.row, r.column, r.metric): r for r in results}
-    metrics = metrics_of(experiment)
+    metrics = metrics_of(experiment) + (WEIGHT_NORM[0],) + accuracies_of(experiment)
+    primary = primary_of(experiment)
+    counts: dict[tuple[str, str], int] = {}
+    for flag in flags or []:
+        counts[(flag["row"], flag["column"])] = counts.get((flag["row"], flag["column"]), 0) + 1
     labels, rows = [], []
     for row in experiment.rows:
         for metric in metrics:
-            labels.append(_label(row, metric, metrics))
-            rows.append([cell_text(index[(row, col, metric)]) if (row, col, metric) in index else ""
-                         for col in experiment.columns])
+            labels.append(_label(row, metric, metrics, primary))
+            rows.append([cell_text(index[(row, col, metric)], counts.get((row, col), 0) if metric == "train_top1" else 0)
+                         if (row, col, metric) in index else "" for col in experiment.columns])
     return pd.DataFrame(rows, index=labels, columns=list(experiment.columns))
 
 
-def paired_layout(experiment: Experiment, pairs: list[PairedResult]) -> pd.DataFrame:
-    index = {(p.row, p.column, p.metric): p for p in pairs}
-    metrics = metrics_of(experiment)
+def paired_layout(experiment: Experiment, pairs: list[LogRatio]) -> pd.DataFrame:
+    """One line per reference, compared row and measure, the experiment's columns."""
+    index = {(p.row, p.column, p.metric, p.reference): p for p in pairs}
+    metrics, primary = metrics_of(experiment), primary_of(experiment)
     labels, rows = [], []
-    for row in experiment.rows:
-        for metric in metrics:
-            cells = [index.get((row, col, metric)) for col in experiment.columns]
-            if not any(cells):
-                continue
-            reference = next(c.reference for c in cells if c is not None)
-            labels.append(_label(f"{row} − {reference}", metric, metrics))
-            rows.append(["" if c is None else paired_text(c) for c in cells])
+    for reference in references(experiment):
+        for row in experiment.rows:
+            for metric in metrics:
+                cells = [index.get((row, col, metric, reference)) for col in experiment.columns]
+                if any(cells):
+                    labels.append(_label(f"{row} / {reference}", metric, metrics, primary))
+                    rows.append(["" if c is None else c.text() for c in cells])
     return pd.DataFrame(rows, index=labels, columns=list(experiment.columns))
 
 
-def long_form(results: list[CellResult], pairs: list[PairedResult], scale: str) -> pd.DataFrame:
-    """One line per cell and metric (`reference` empty), then one per paired difference."""
+def growth_layout(experiment: Experiment, ratios: list[LogRatio]) -> pd.DataFrame:
+    """One line per row, one column per measure: log(last column / first column) seed by seed."""
+    metrics, primary = metrics_of(experiment), primary_of(experiment)
+    index = {(r.row, r.metric): r for r in ratios}
+    rows = [[index[(row, m)].text() if (row, m) in index else "" for m in metrics] for row in experiment.rows]
+    return pd.DataFrame(rows, index=list(experiment.rows), columns=[label_of(m, primary) for m in metrics])
+
+
+def long_form(results: list[CellResult], pairs: list[LogRatio], ratios: list[LogRatio], scale: str) -> pd.DataFrame:
+    """One line per cell and metric (`kind` cell), per comparison with a reference row (`paired`: log ratios)
+    and per row's growth across the columns (`growth`: log ratios, `reference` the first column)."""
     lines: list[dict[str, Any]] = [{
-        "experiment": r.experiment, "row": r.row, "column": r.column, "metric": r.metric, "reference": "",
-        "scale": scale, "mean": r.mean, "std": r.std, "n": len(r.values), "runs": len(r.run_ids),
-        "run_ids": " ".join(r.run_ids), "statuses": " ".join(r.statuses), "seeds": " ".join(map(str, r.seeds)),
-        "values": " ".join(f"{v:.6g}" for v in r.values)} for r in results]
-    lines += [{
-        "experiment": p.experiment, "row": p.row, "column": p.column, "metric": p.metric, "reference": p.reference,
-        "scale": scale, "mean": p.mean, "std": p.std, "n": p.n, "runs": None, "run_ids": "", "statuses": "",
-        "seeds": " ".join(map(str, p.seeds)), "values": " ".join(f"{d:.6g}" for d in p.diffs)} for p in pairs]
-    # Integer counts even with the paired lines' empty `runs` (pandas would make the column float).
+        "experiment": r.experiment, "kind": "cell", "row": r.row, "column": r.column, "metric": r.metric,
+        "reference": "", "scale": scale, "mean": r.mean, "std": r.std, "ci_low": None, "ci_high": None,
+        "n": len(r.values), "runs": len(r.run_ids), "run_ids": " ".join(r.run_ids), "statuses": " ".join(r.statuses),
+        "seeds": " ".join(map(str, r.seeds)), "values": " ".join(f"{v:.6g}" for v in r.values)} for r in results]
+    for kind, items in (("paired", pairs), ("growth", ratios)):
+        lines += [{
+            "experiment": p.experiment, "kind": kind, "row": p.row, "column": p.column, "metric": p.metric,
+            "reference": p.reference, "scale": scale, "mean": p.mean, "std": p.std,
+            "ci_low": p.ci[0] if p.ci else None, "ci_high": p.ci[1] if p.ci else None, "n": p.n, "runs": None,
+            "run_ids": "", "statuses": "", "seeds": " ".join(map(str, p.seeds)),
+            "values": " ".join(f"{d:.6g}" for d in p.diffs)} for p in items]
+    # Integer counts even with the comparisons' empty `runs` (pandas would make the column float).
     return pd.DataFrame(lines).astype({"runs": "Int64"}) if lines else pd.DataFrame(lines)
+
+
+LOG_NOTE = ("Each cell: log(row / reference) seed by seed on the seeds both measured: mean [95% paired-t "
+            "interval] (the ratio exp(mean), n pairs). Below 0 the row is flatter than the reference; an interval "
+            "that excludes 0 is beyond seed-to-seed noise.")
 
 
 def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame, *, scale: str,
@@ -172,19 +259,35 @@ def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame:
     """Write OUT/<experiment>_landscape.md/.csv/.tex and print the summary line; the texts written, by suffix.
     `frame`: load_runs(..., landscape=experiment.settings["landscape"]), so the declared entries are chosen."""
     results = landscape_results(experiment, runs, frame)
-    pairs = paired(experiment, results)
+    measures = set(metrics_of(experiment))
+    pairs, ratios = paired(experiment, results), growth(experiment, results)
+    flags = unconverged(experiment, runs, frame)
     cells = {(r.row, r.column) for r in results}
-    done = len({(r.row, r.column) for r in results if r.mean is not None})
-    grid = layout(experiment, results)
+    done = len({(r.row, r.column) for r in results if r.mean is not None and r.metric in measures})
+    grid = layout(experiment, results, flags)
     stem = f"{experiment.name}_landscape"
+    primary = label_of(primary_of(experiment))
     markdown = (f"# {experiment.title}: loss landscape\n\n{done} of {len(cells)} cells measured, {note}. Each cell: "
                 "ours (not in the paper), the mean over the cell's finished runs measured with the experiment's "
-                "declared settings, ±sd over seeds (docs/landscape.md).\n\n" + to_markdown(grid) + "\n")
+                f"declared settings, ±sd over seeds (docs/landscape.md). The primary measure is the {primary}; "
+                "the others are secondary.\n\n" + to_markdown(grid) + "\n")
+    threshold = experiment.settings.get(CONVERGED_SETTING)
+    if threshold is not None:
+        markdown += (f"\nRuns under {float(threshold):g}% training top-1 (eval mode), not at a minimum: "
+                     + (", ".join(f"{f['row']} {f['column']} seed {f['seed']} ({f['run_id']}, {f['train_top1']:.2f}%)"
+                                  for f in flags) or "none") + ". They are counted in the cells above, not dropped.\n")
+    unmet = not_converged(experiment, runs, frame)
+    if unmet:
+        markdown += ("\nPower iterations that stopped at their limit of iterations before the tolerance (the value is "
+                     "then a lower bound): " + ", ".join(f"{label_of(m)} {n}" for m, n in unmet.items()) + ".\n")
     if any(p.n for p in pairs):
-        markdown += ("\n## Paired differences\n\nEach cell: the row minus the reference row at the same column, "
-                     "seed by seed on the seeds both measured: mean±sd (n pairs).\n\n"
-                     + to_markdown(paired_layout(experiment, pairs)) + "\n")
-    texts = {"md": markdown, "csv": long_form(results, pairs, scale).to_csv(index=False),
+        markdown += "\n## Paired differences in log\n\n" + LOG_NOTE + "\n\n" + to_markdown(paired_layout(experiment, pairs)) + "\n"
+    if any(r.n for r in ratios):
+        first, last = experiment.columns[0], experiment.columns[-1]
+        markdown += (f"\n## From {first} to {last}\n\nEach cell: log(value at {last} / value at {first}) seed by seed, "
+                     "within the row: mean [95% paired-t interval] (the ratio, n seeds). Above 0 the larger batch "
+                     "ends sharper.\n\n" + to_markdown(growth_layout(experiment, ratios)) + "\n")
+    texts = {"md": markdown, "csv": long_form(results, pairs, ratios, scale).to_csv(index=False),
              "tex": to_latex(grid, f"{experiment.title} -- loss landscape, ours; {done} of {len(cells)} cells "
                                    f"measured ({scale} scale)")}
     for suffix, text in texts.items():
@@ -195,5 +298,5 @@ def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame:
     return texts
 
 
-__all__ = ["declares_landscape", "landscape_results", "layout", "metrics_of", "paired", "paired_layout",
-           "reference_row", "write_landscape_table"]
+__all__ = ["declares_landscape", "growth", "landscape_results", "layout", "metrics_of", "paired", "paired_layout",
+           "references", "unconverged", "write_landscape_table"]

@@ -7,8 +7,9 @@ Writes, under `<out>/<scale>/figures/`:
     figure4.png, figure4.pdf                   throughput against batch size, (a) and (b), measured, the
                                                paper's points and the performance model's curves
     curves_<experiment>.png, .pdf              test top-1 against epoch, one line per method and batch
-    landscape_<experiment>.png, .pdf           for an experiment that declares `settings["landscape"]`: top
-                                               eigenvalue against batch size, and the slices
+    landscape_<experiment>.png, .pdf           for an experiment that declares `settings["landscape"]`: each
+                                               measure against batch size, and the 1-D lines
+    landscape_<experiment>_paired.png, .pdf    its primary measure's paired log ratios with 95% intervals
                                                (analysis/landscape_figure.py)
 
 Figure 4's model curves come from a calibration (`--calibration PATH`, or the newest one in
@@ -53,7 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  python analysis/make_figures.py --scale proxy --experiments figure2,table1\n"
                "  python analysis/make_figures.py --runs-dir /copied/runs --out results\n"
                "  python analysis/make_figures.py --experiments table1 --set optim.lr=2 --out results/lr2\n\n"
-               "Files go to OUT/SCALE/figures/: figure2.png/.pdf, figure4.png/.pdf and curves_EXPERIMENT.png/.pdf.",
+               "Files go to OUT/SCALE/figures/: figure2.png/.pdf, figure4.png/.pdf, curves_EXPERIMENT.png/.pdf,\n"
+               "and for an experiment that declares a landscape measurement (sharpness, flatness)\n"
+               "landscape_EXPERIMENT.png/.pdf and landscape_EXPERIMENT_paired.png/.pdf.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
     parser.add_argument("--runs-dir", default="runs", type=Path,
@@ -166,7 +169,18 @@ def main(argv: list[str] | None = None) -> int:
                 missing.append(f"{stem}: no run of {experiment.name} measured with its declared settings; "
                                "not drawn" + left_alone(stem))
             else:
-                print(f"{stem}: sharpness against batch size and the slices")
+                print(f"{stem}: sharpness against batch size and the 1-D lines")
+                save(figure, stem)
+            from analysis.landscape_figure import paired_figure
+            from analysis.landscape_table import growth, landscape_results, paired
+
+            results = landscape_results(experiment, runs, declared)
+            figure = paired_figure(experiment, paired(experiment, results), growth(experiment, results), args.scale)
+            stem = f"landscape_{experiment.name}_paired"
+            if figure is None:
+                missing.append(f"{stem}: no paired seeds to compare; not drawn" + left_alone(stem))
+            else:
+                print(f"{stem}: the primary measure's paired log ratios with their 95% intervals")
                 save(figure, stem)
         curves = curves_of(cells)
         stem = f"curves_{experiment.name}"

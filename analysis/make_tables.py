@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", default="all", help="comma-separated: table1, table2, table4, table5, "
                                                              "staleness, table6 (hyperparameters), table3, an "
                                                              "experiment that declares a landscape measurement "
-                                                             "(sharpness: <name>_landscape), or all (default)")
+                                                             "(sharpness, flatness: <name>_landscape; not with "
+                                                             "--source wandb), or all (default)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the runs are (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--source", default="records", choices=("records", "wandb"),
@@ -145,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"unknown experiment {n!r}; allowed: {', '.join(allowed)}, all")
             if n not in wanted:
                 wanted.append(n)
+    if args.source == "wandb":
+        named = [n for n in names if n in landscape]
+        if named:
+            raise UserError(f"--source wandb cannot make {named[0]}'s landscape table: W&B has no landscape data "
+                            "(it is in each run directory's landscape.json); read the run records instead "
+                            "(without --source wandb)")
+        skipped = [n for n in wanted if n in landscape]
+        if skipped:
+            print(f"skipped with --source wandb (no landscape data in W&B): {', '.join(skipped)}")
+        wanted = [n for n in wanted if n not in landscape]
     experiments, runs = planned([n for n in wanted if n in TABLES], args.scale, args.runs_dir, sets)
     if args.source == "wandb":
         from analysis.wandb_source import load_wandb
@@ -193,10 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.landscape_table import write_landscape_table
 
         for experiment in load_experiments(landscape_wanted):
-            # Its own read of the records: each run's entry is chosen by this experiment's declaration. W&B
-            # has no landscape.json, so there its cells are missing.
-            records = frame if args.source == "wandb" else load_runs(args.runs_dir, [args.scale],
-                                                                     experiment.settings["landscape"])
+            # Its own read of the records: each run's entry is chosen by this experiment's declaration.
+            records = load_runs(args.runs_dir, [args.scale], experiment.settings["landscape"])
             _, landscape_runs = planned([experiment.name], args.scale, args.runs_dir, sets)
             write_landscape_table(experiment, landscape_runs, records, scale=args.scale, out=out, note=note,
                                   quiet=args.quiet)

@@ -161,6 +161,7 @@ def landscape_columns(entry: Mapping[str, Any], match: str) -> dict[str, Any]:
         "landscape.adaptive_eigenvalue": _number(ada.get("value")),
         "landscape.adaptive_eigenvalue_iterations": ada.get("iterations"),
         "landscape.adaptive_eigenvalue_residual": _number(ada.get("residual")),
+        "landscape.adaptive_eigenvalue_converged": ada.get("converged"),
         "landscape.epsilon_sharpness": _number(eps.get("value")),
         "landscape.epsilon_max_loss": _number(eps.get("max_loss")),
         "landscape.weight_norm": _number(weights.get("norm")), "landscape.parameters": weights.get("parameters"),

@@ -25,15 +25,18 @@ def find(runs: Iterable[PlannedRun], experiment: str, row: str, column: str) -> 
 def write_run(run: PlannedRun, *, status: str = "finished", train: Iterable[float] = (),
               epochs: Iterable[tuple[int, float | None, float]] = (), final_top1: float | None = None,
               wall_time_s: float = 100.0, executor: str | None = None, distributed: dict[str, Any] | None = None,
-              device: str = CPU) -> Path:
+              device: str = CPU, final_train_top1: float | None = None) -> Path:
     """A run directory: `train` images/s per train row (every 5 steps), `epochs` (epoch, test top-1 or None,
-    elapsed s) rows, and a record in `status` (its final test top-1 when finished). `executor` and
+    elapsed s) rows, and a record in `status` (its final test top-1 when finished, and the training top-1
+    `final_train_top1` when given). `executor` and
     `distributed` are left out of the record when None, as in records written before they existed."""
     folder = run.run_dir
     folder.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"run_id": run.run_id, "status": status, "config": run.config.flat(),
                               "wall_time_s": wall_time_s, "environment": {"device_name": device},
                               "final": None if final_top1 is None else {"test_top1": final_top1}}
+    if final_train_top1 is not None:
+        record["final"] = {**(record["final"] or {}), "train_top1": final_train_top1}
     if executor is not None:
         record["executor"] = executor
     if distributed is not None:

@@ -6,17 +6,30 @@ the proxy scale, 5 seeds) declaring a landscape measurement, as experiments/shar
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from analysis.figures import cells_with_runs
-from analysis.landscape_figure import landscape_figure
-from analysis.landscape_table import landscape_results, layout, paired, paired_layout, write_landscape_table
+from analysis.landscape_figure import landscape_figure, paired_figure
+from analysis.landscape_table import (
+    growth,
+    landscape_results,
+    layout,
+    paired,
+    paired_layout,
+    unconverged,
+    write_landscape_table,
+)
 from analysis.records import load_runs, load_slices, run_row
 from conadv_repro.landscape.settings import SLICE_ALPHAS, Settings
 from conadv_repro.landscape_state import declared_for, measure_key, settings_of
@@ -130,26 +143,68 @@ def test_table_cells_and_paired_differences(measured: tuple[Path, list[PlannedRu
     assert top[("Vanilla", "8k")].mean == pytest.approx(110.0)
     assert top[("DisAdv", "32k")].mean == pytest.approx(100.0 + 32 - 10 + 2)
     grid = layout(EXPERIMENT, results)
-    assert grid.loc["Vanilla: top eigenvalue", "8k"] == "110±1.6 (n=5)"
+    assert grid.loc["Vanilla: top eigenvalue (primary)", "8k"] == "110±1.6 (n=5)"
     assert grid.loc["DisAdv: adaptive eigenvalue", "8k"] == "10±0.16 (n=5)"
+    assert grid.loc["DisAdv: Test top-1", "32k"] == "50.00±0 (n=5)"  # the experiment's accuracy line
+    assert grid.loc["Vanilla: weight norm", "8k"] == "3±0 (n=5)"
     pairs = paired(EXPERIMENT, results)
     assert {(p.row, p.reference) for p in pairs} == {("DisAdv", "Vanilla")}
-    for p in pairs:
-        assert p.n == 5 and p.std == pytest.approx(0.0, abs=1e-9)
-        assert p.mean == pytest.approx(-10.0 if p.metric == "landscape.top_eigenvalue" else -1.0)
-    assert paired_layout(EXPERIMENT, pairs).loc["DisAdv − Vanilla: top eigenvalue", "32k"] == "-10±0 (n=5)"
+    pair = next(p for p in pairs if p.metric == "landscape.top_eigenvalue" and p.column == "32k")
+    expected = [math.log(132 - 10 + s) - math.log(132 + s) for s in range(5)]
+    assert pair.seeds == [0, 1, 2, 3, 4] and pair.diffs == pytest.approx(expected)
+    mean, sd = statistics.mean(expected), statistics.stdev(expected)
+    half = 2.7764 * sd / math.sqrt(5)  # t(0.975, 4)
+    assert pair.ci == pytest.approx((mean - half, mean + half))
+    text = f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] (×{math.exp(mean):.3g}, n=5)"
+    assert paired_layout(EXPERIMENT, pairs).loc["DisAdv / Vanilla: top eigenvalue (primary)", "32k"] == text
+    ratios = growth(EXPERIMENT, results)
+    up = next(r for r in ratios if r.row == "Vanilla" and r.metric == "landscape.top_eigenvalue")
+    assert (up.column, up.reference) == ("32k", "8k")
+    assert up.diffs == pytest.approx([math.log(132 + s) - math.log(108 + s) for s in range(5)])
     texts = write_landscape_table(EXPERIMENT, runs, frame, scale="proxy", out=tmp_path, note="test", quiet=True)
     assert {p.name for p in tmp_path.glob("landscape_synthetic_landscape.*")} == {
         f"landscape_synthetic_landscape.{s}" for s in ("md", "csv", "tex")}
-    assert "4 of 4 cells measured" in texts["md"] and "Paired differences" in texts["md"]
+    assert "4 of 4 cells measured" in texts["md"] and "Paired differences in log" in texts["md"]
+    assert "## From 8k to 32k" in texts["md"] and "primary measure is the top eigenvalue" in texts["md"]
     assert "/ " not in texts["md"].split("\n\n", 2)[2].split("\n")[2]  # ours only: no paper column
+    kinds = pd.read_csv(io.StringIO(texts["csv"]))["kind"].value_counts().to_dict()
+    assert kinds == {"cell": 16, "paired": 4, "growth": 4}  # cells: 2 measures, the weight norm, test top-1
+    assert "top eigenvalue 0, adaptive eigenvalue 0." in texts["md"]  # power iterations at their limit
+
+
+def test_a_negative_eigenvalue_has_no_log_and_is_counted(measured: tuple[Path, list[PlannedRun]]) -> None:
+    runs_dir, runs = measured
+    frame = load_runs(runs_dir, ["proxy"], DECLARED)
+    frame.loc[frame["run_id"] == runs[0].run_id, "landscape.top_eigenvalue"] = -3.0  # a saddle
+    pairs = paired(EXPERIMENT, landscape_results(EXPERIMENT, runs, frame))
+    hit = next(p for p in pairs if p.metric == "landscape.top_eigenvalue" and p.column == runs[0].config.paper_batch)
+    assert hit.n == 4 and hit.dropped == [runs[0].config.seed] and hit.text().endswith("1 not positive")
+
+
+def test_runs_under_the_convergence_line_are_flagged_not_dropped(measured: tuple[Path, list[PlannedRun]],
+                                                                 tmp_path: Path) -> None:
+    runs_dir, runs = measured
+    strict = replace(EXPERIMENT, metrics=("test_top1", "train_top1"), settings={**EXPERIMENT.settings,
+                                                                                 "converged_train_top1": 99.5})
+    low = next(r for r in runs if r.config.method == "disadv" and r.config.paper_batch == "32k")
+    for run in runs:
+        write_run(run, final_top1=98.0, final_train_top1=99.0 if run is low else 100.0)
+    frame = load_runs(runs_dir, ["proxy"], DECLARED)
+    assert [f["run_id"] for f in unconverged(strict, runs, frame)] == [low.run_id]
+    grid = layout(strict, landscape_results(strict, runs, frame), unconverged(strict, runs, frame))
+    assert grid.loc["DisAdv: Training top-1", "32k"] == "99.80±0.45 (n=5), 1 unconverged"
+    assert grid.loc["DisAdv: Generalization gap", "32k"] == "1.80±0.45 (n=5)"
+    assert grid.loc["DisAdv: top eigenvalue (primary)", "32k"].endswith("(n=5)")  # counted, not dropped
+    texts = write_landscape_table(strict, runs, frame, scale="proxy", out=tmp_path, note="test", quiet=True)
+    assert f"DisAdv 32k seed {low.config.seed} ({low.run_id}, 99.00%)" in texts["md"]
 
 
 def test_table_ignores_entries_of_other_settings(measured: tuple[Path, list[PlannedRun]]) -> None:
     runs_dir, runs = measured
     frame = load_runs(runs_dir, ["proxy"])  # no declaration: every run's entry is the default one
     results = landscape_results(EXPERIMENT, runs, frame)
-    assert all(r.mean is None for r in results)
+    assert all(r.mean is None for r in results if r.metric.startswith("landscape."))
+    assert all(r.mean == 50.0 for r in results if r.metric == "test_top1")  # accuracies need no entry
 
 
 def test_figure_has_one_point_per_run(measured: tuple[Path, list[PlannedRun]]) -> None:
@@ -157,14 +212,30 @@ def test_figure_has_one_point_per_run(measured: tuple[Path, list[PlannedRun]]) -
     frame = load_runs(runs_dir, ["proxy"], DECLARED)
     figure = landscape_figure(EXPERIMENT, cells_with_runs(EXPERIMENT, runs, frame), "proxy")
     assert figure is not None
-    left, right = figure.axes[:2]
-    assert sum(len(c.get_offsets()) for c in left.collections) == len(runs)
-    assert len(right.lines) == len(runs)
+    eigenvalue, adaptive, lines = figure.axes  # a panel per declared measure, then the 1-D lines
+    for panel in (eigenvalue, adaptive):
+        assert sum(len(c.get_offsets()) for c in panel.collections) == len(runs)
+    assert eigenvalue.get_yscale() == "log"
+    # Each run's random slice (solid) and its line to the other run (dashed).
+    assert [line.get_linestyle() for line in lines.lines].count("-") == len(runs)
+    assert [line.get_linestyle() for line in lines.lines].count("--") == len(runs)
     from analysis.figures import render
 
     assert render(figure, "png").startswith(b"\x89PNG")
     assert landscape_figure(EXPERIMENT, cells_with_runs(EXPERIMENT, runs, load_runs(runs_dir, ["proxy"])),
                             "proxy") is None
+
+
+def test_the_paired_figure_draws_an_interval_per_comparison(measured: tuple[Path, list[PlannedRun]]) -> None:
+    runs_dir, runs = measured
+    results = landscape_results(EXPERIMENT, runs, load_runs(runs_dir, ["proxy"], DECLARED))
+    figure = paired_figure(EXPERIMENT, paired(EXPERIMENT, results), growth(EXPERIMENT, results), "proxy")
+    assert figure is not None
+    against, across = figure.axes  # DisAdv against Vanilla at 8k and 32k; each row's 32k against its 8k
+    for panel in (against, across):
+        assert len(panel.lines) == 2 * 2 + 1  # an interval and a mean per comparison, and the zero line
+    assert [t.get_text() for t in across.get_yticklabels()] == ["Vanilla", "DisAdv"]  # top to bottom
+    assert paired_figure(EXPERIMENT, [], [], "proxy") is None
 
 
 def test_landscape_analysis_imports_no_torch(measured: tuple[Path, list[PlannedRun]], tmp_path: Path) -> None:

@@ -5,6 +5,7 @@
     python -m conadv_repro.launch table1                       train what is not finished (resume, start)
     python -m conadv_repro.launch status table1                progress, logs, job ids
     python -m conadv_repro.launch cancel table1                cancel queued and running jobs, release claims
+    python -m conadv_repro.launch between flatness             the loss on the line its settings declare
 
 The paper scale is one flag away: `--scale paper --data-root /data/imagenet --profile NAME`.
 """
@@ -30,7 +31,7 @@ from conadv_repro.layout import check_layout, run_processes
 from conadv_repro.presets import LAUNCH_SCALES, SCALE_DESCRIPTIONS
 from conadv_repro.registry import experiment_names, load_experiments
 
-COMMANDS = ("status", "cancel")
+COMMANDS = ("status", "cancel", "between")
 # Options that act on a launch: given to status or cancel they would be ignored (cancel --dry-run cancelling).
 LAUNCH_ONLY = {"--dry-run": "dry_run", "--estimate": "estimate", "--calibration": "calibration",
                "--allow-cpu": "allow_cpu", "--retry-failed": "retry_failed",
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="scales:\n" + "\n".join(f"  {s:8s} {d}" for s, d in SCALE_DESCRIPTIONS.items()))
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
                         help="an experiment of --list (table1 ... figure4, staleness) or all (after an optional "
-                             "command: status or cancel)")
+                             "command: status, cancel, or between: the loss on the line between two finished "
+                             "runs that the experiment declares)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
     parser.add_argument("--dry-run", action="store_true", help="show the plan and submit nothing")
@@ -165,17 +167,19 @@ def print_runs(runs: list[PlannedRun], states: list[RunState]) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     print("experiments (runs per scale):")
-    for experiment in load_experiments(["all"]):
+    experiments = load_experiments(["all"])
+    width = max(len(e.name) for e in experiments)
+    for experiment in experiments:
         counts = []
         for scale in LAUNCH_SCALES:
             runs = expand([experiment], scale=scale, runs_dir=args.runs_dir, sets={}, check_data=False)
             counts.append(f"{scale} {len(runs)}")
-        print(f"  {experiment.name:8s} {experiment.description}  [{', '.join(counts)}]")
+        print(f"  {experiment.name:{width}s} {experiment.description}  [{', '.join(counts)}]")
     total = []
     for scale in LAUNCH_SCALES:
         runs = expand(load_experiments(["all"]), scale=scale, runs_dir=args.runs_dir, sets={}, check_data=False)
         total.append(f"{scale} {len(runs)}")
-    print(f"  {'all':8s} every experiment, shared runs once  [{', '.join(total)}]")
+    print(f"  {'all':{width}s} every experiment, shared runs once  [{', '.join(total)}]")
     return 0
 
 
@@ -461,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_list(args)
     if command == "launch":
         return cmd_launch(args)
+    if command == "between":
+        from conadv_repro.launch.between import cmd_between
+
+        return cmd_between(args)
     from conadv_repro.launch.manage import cmd_cancel, cmd_status
 
     return {"status": cmd_status, "cancel": cmd_cancel}[command](args)

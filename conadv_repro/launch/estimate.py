@@ -30,11 +30,11 @@ from conadv_repro.landscape_state import assumed_passes, declared_for, settings_
 from conadv_repro.launch.host_memory import host_memory_report
 from conadv_repro.launch.loader_check import feed_line, find_loader_calibration
 from conadv_repro.launch.memory_check import memory_report
-from conadv_repro.launch.plan import PlannedRun
+from conadv_repro.launch.plan import PlannedRun, expand
 from conadv_repro.launch.profiles import Profile, gpus_line, load_profile
 from conadv_repro.launch.submit import MAX_REQUEUES
 from conadv_repro.presets import IMAGENET_TRAIN, SCALE_TRAIN_SIZE
-from conadv_repro.registry import load_experiments
+from conadv_repro.registry import ORDER, experiment_names, load_experiments
 
 # conadv_repro/data/datasets.py holds IMAGENET_VAL_PER_CLASS (3) training images of each of the 1000
 # classes out for validation: the paper scale trains on the rest.
@@ -125,6 +125,7 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
     # Landscape measurements the experiments declare (landscape_state.py), run on the job after training.
     declared = {e.name: declared_for(e.settings, args.scale) for e in load_experiments(args.experiments)}
     measured_runs, measure_hours = 0, 0.0
+    training_hours: dict[str, float] = {}  # run id -> its projected training device-hours
     for run in runs:
         cfg = run.config
         network = model.network_of_config(cfg.flat())
@@ -133,6 +134,7 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
         trainers, workers = run_devices(cfg)
         projection = model.project(cfg.method, cfg.batch_size, run_steps(cfg), trainers, workers, costs_of[network])
         total_hours += projection.device_hours
+        training_hours[run.run_id] = projection.device_hours
         total_wall += projection.wall_s
         longest = max(longest, projection.wall_s)
         if loader is not None and cfg.data == "imagenet":
@@ -193,6 +195,8 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
               f"{measure_hours:,.2f} {unit} in all (in the grid's total); assumed, not measured: a Hessian-vector "
               "product ~ 3 forward+backward passes over the sample, power iteration at most 20 of them, a trace "
               "probe 1, each pass at the calibrated vanilla step's cost per example")
+    for line in shared_lines(runs, args.experiments, training_hours, unit, measured_runs):
+        print(line)
     lines = time_limit_lines(over_limit, profile)
     if args.profile and not lines:
         lines = [f"time limit: every run fits profile {profile.name}'s time_min ({duration(profile.time_min * 60)})"]
@@ -207,6 +211,38 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
         print(f"note: at the {args.scale} scale these are lower bounds that leave out most of the time (start-up, "
               "evaluation, per-step overheads); the projection is meant for the cifar10 and paper scales")
     return 0
+
+
+def shared_lines(runs: list[PlannedRun], estimated: list[str], training_hours: dict[str, float], unit: str,
+                 measured: int) -> list[str]:
+    """Which runs other experiments share (a run is trained once, by whichever launch comes first), and what
+    the grid adds beyond the experiment that shares most of them."""
+    if "all" in estimated or not runs:
+        return []
+    others = [e for e in load_experiments(experiment_names()) if e.name not in estimated]
+    scale = runs[0].config.scale
+    # Planned on their own (without --set: a variation's runs are its own), matched by run id.
+    theirs_by_id: dict[str, set[str]] = {}
+    for run in expand(others, scale=scale, runs_dir=runs[0].run_dir.parent.parent, sets={}, check_data=False):
+        theirs_by_id[run.run_id] = {name for name, _, _ in run.uses}
+    sharing: dict[str, list[PlannedRun]] = {}
+    for run in runs:
+        for other in sorted(theirs_by_id.get(run.run_id, set())):
+            sharing.setdefault(other, []).append(run)
+    if not sharing:
+        return []
+    # The paper's tables first (the runs a user has most likely trained already), then by how many they share.
+    ranked = sorted(sharing.items(), key=lambda item: (item[0] not in ORDER, -len(item[1]), item[0]))
+    lines = ["shared: " + ", ".join(f"{len(mine)} of the {len(runs)} runs are {other}'s" for other, mine in ranked)
+             + " (a run is trained once, by whichever launch comes first; the estimate above counts each here)"]
+    top, theirs = ranked[0]
+    beyond = [run for run in runs if run not in theirs]
+    what = ", ".join(f"{run.config.method} {run.config.paper_batch or run.config.batch_size}" for run in beyond[:6])
+    lines.append(f"beyond {top}: {len(beyond)} run{'s' if len(beyond) != 1 else ''} to train"
+                 + (f" ({what}{', ...' if len(beyond) > 6 else ''})" if beyond else "")
+                 + f", {sum(training_hours[run.run_id] for run in beyond):,.1f} {unit} of training; once {top} "
+                 f"is trained, this grid trains only these" + (f" and measures {measured}" if measured else ""))
+    return lines
 
 
 def requeues(wall_s: float, limit_min: int) -> int:
