@@ -82,6 +82,8 @@ def _draw_measure(axis: Any, experiment: Experiment, cells: list[CellRuns], metr
 def _draw_lines(axis: Any, experiment: Experiment, cells: list[CellRuns]) -> None:
     colours = matplotlib.colormaps["tab10"]
     declared = experiment.settings.get(SETTING)
+    # A line's other end named by its cell (the run id when it is no run of this experiment).
+    cell_of = {str(run["run_id"]): f"{cell.row} {cell.column}" for cell in cells for run in cell.finished}
     labelled: set[str] = set()
     for i, row in enumerate(experiment.rows):
         for cell in (c for c in cells if c.row == row):
@@ -91,13 +93,14 @@ def _draw_lines(axis: Any, experiment: Experiment, cells: list[CellRuns]) -> Non
                     for other, curve in curves[curves["kind"] == kind].groupby("other", dropna=False):
                         curve = curve.sort_values("alpha")
                         name = (f"{row}, random slice" if kind == "random"
-                                else f"{row} {cell.column} → run {other}")
+                                else f"{row} {cell.column} → {cell_of.get(str(other), f'run {other}')}")
                         axis.plot(curve["alpha"], curve["loss"], style, color=colours(i % 10), linewidth=1.2,
                                   alpha=0.8, label=None if name in labelled else name)
                         labelled.add(name)
-    axis.set_xlabel("alpha (random: filter-normalised direction; between: 0 = one run, 1 = the other)")
+    axis.set_xlabel("alpha")
     axis.set_ylabel("training loss on the sample")
-    axis.set_title("1-D lines", fontsize=10)
+    axis.set_title("1-D lines: random filter-normalised slices (solid);\nbetween two runs, 0 = the first (dashed)",
+                   fontsize=9)
     axis.grid(True, alpha=0.3)
     if axis.lines:
         axis.set_yscale("log")

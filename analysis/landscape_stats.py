@@ -64,12 +64,13 @@ def log_ratio(ours: CellResult, theirs: CellResult, *, row: str, column: str, re
 
 def against_references(results: Sequence[CellResult], rows: Sequence[str], references: Sequence[str]
                        ) -> list[LogRatio]:
-    """Every row (but the reference itself) against each reference row, per column and metric."""
+    """Every row against each reference row, per column and metric; a row is not compared with itself nor with a
+    later reference when it is a reference too (that is the earlier comparison inverted)."""
     index = {(r.row, r.column, r.metric): r for r in results}
     out = []
-    for reference in references:
+    for k, reference in enumerate(references):
         for r in results:
-            if r.row == reference or r.row not in rows:
+            if r.row == reference or r.row not in rows or r.row in references[:k]:
                 continue
             theirs = index.get((reference, r.column, r.metric))
             if theirs is not None:

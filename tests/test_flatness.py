@@ -99,5 +99,5 @@ def test_the_landscape_grids_compare_against_their_references(name):
     clone_package("analysis")
     from analysis.landscape_table import references
 
-    expected = {"flatness": ("Vanilla", "Noise"), "sharpness": ("Vanilla",)}[name]
+    expected = {"flatness": ("Vanilla", "Noise", "DisAdv"), "sharpness": ("Vanilla",)}[name]
     assert references(load_experiment(name)) == expected
