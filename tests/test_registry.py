@@ -23,11 +23,11 @@ def runs_of(names, scale="smoke", sets=None, data_root=""):
 def test_grids_have_the_papers_shapes():
     sizes = {e.name: len(e.cells) for e in load_experiments(["all"])}
     assert sizes == {"table1": 28, "table2": 21, "table3": 9, "table4": 12, "table5": 72, "figure2": 18,
-                     "figure4": 21, "sharpness": 6, "staleness": 21}
+                     "figure4": 21, "flatness": 12, "sharpness": 6, "staleness": 21}
     t1 = load_experiment("table1")
     assert t1.columns == ("1k", "4k", "8k", "16k", "32k", "64k", "96k")
     assert set(t1.rows) == {"ResNet-50", "ResNet-50+AA", "ResNet-50+DisAdv", "ResNet-50+ConAdv"}
-    with pytest.raises(UserError, match="unknown experiment 'table9'; allowed: table1, table2, table3, table4, table5, figure2, figure4, sharpness, staleness, all"):
+    with pytest.raises(UserError, match="unknown experiment 'table9'; allowed: table1, table2, table3, table4, table5, figure2, figure4, flatness, sharpness, staleness, all"):
         load_experiment("table9")
 
 
@@ -62,14 +62,15 @@ def test_epsilon_follows_table5s_best_cells():
 def test_shared_runs_are_one_run():
     everything = runs_of(["all"])
     # Table 3's are Table 1's; the staleness grid adds ConAdv at tau 0, 2, 4 and the noise control at 3 batches;
-    # the sharpness grid's are Table 1's.
+    # the sharpness grid's are Table 1's, and the flatness grid's are Table 1's and the noise control's at the
+    # smoke scale (it trains longer only at the proxy scale).
     assert len(everything) == len({r.run_id for r in everything}) == 138
     table4 = {r.run_id for r in runs_of(["table4"])}
     assert table4 <= {r.run_id for r in runs_of(["table1", "table2"])}
     vanilla_32k = next(r for r in everything if r.config.method == "vanilla" and not r.config.autoaugment
                        and r.config.paper_batch == "32k")
     assert {use[0] for use in vanilla_32k.uses} == {"table1", "table2", "table3", "table4", "figure2", "sharpness",
-                                                  "staleness"}
+                                                  "staleness", "flatness"}
     # Table 5's p=3 at 32k is Table 1's ConAdv 32k run.
     conadv_32k = next(r for r in everything if r.config.method == "conadv" and not r.config.autoaugment
                       and r.config.paper_batch == "32k" and r.config.attack.epsilon == 3)
