@@ -24,7 +24,6 @@ each row against each reference row at the same column, and each row's last colu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.landscape_notes import between_summary, measuring_seconds, not_converged, unconverged
 from analysis.landscape_stats import LogRatio, across_columns, against_references
 from analysis.tables import METRIC_NAMES, CellResult, cell_results, to_latex, to_markdown
 from conadv_repro.atomic import atomic_write_text
@@ -51,8 +51,11 @@ MEASURE_COLUMNS = {
     "epsilon": ("landscape.epsilon_sharpness", "epsilon-sharpness (%)"),
 }
 DEFAULT_MEASURES = ("eigenvalue", "adaptive")
-# Shown beside the measures, never compared: the scale of the weights a raw curvature depends on.
+# Shown beside the measures, never compared: the scale of the weights a raw curvature depends on, and the LR
+# of the last update (curvature after training is bounded by the LR it ended with).
 WEIGHT_NORM = ("landscape.weight_norm", "weight norm")
+LAST_LR = ("landscape.last_lr", "last LR")
+DESCRIPTIVE = (WEIGHT_NORM, LAST_LR)
 ACCURACIES = ("train_top1", "test_top1")
 
 
@@ -78,7 +81,7 @@ def primary_of(experiment: Experiment) -> str:
 
 
 def label_of(metric: str, primary: str | None = None) -> str:
-    label = next((label for column, label in (*MEASURE_COLUMNS.values(), WEIGHT_NORM) if column == metric),
+    label = next((label for column, label in (*MEASURE_COLUMNS.values(), *DESCRIPTIVE) if column == metric),
                  METRIC_NAMES.get(metric, metric))
     return f"{label} (primary)" if metric == primary else label
 
@@ -90,57 +93,18 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     # No run has a landscape entry at all (e.g. W&B records): every cell is missing.
     other = frame["landscape.match"] != "requested" if "landscape.match" in frame else pd.Series(True, frame.index)
-    for column, _ in (*MEASURE_COLUMNS.values(), WEIGHT_NORM):
+    for column, _ in (*MEASURE_COLUMNS.values(), *DESCRIPTIVE):
         frame[column] = frame[column].astype(object).where(~other, None) if column in frame else None
     return frame
 
 
 def landscape_results(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame) -> list[CellResult]:
-    """tables.cell_results over the declared measures' columns and the weight norm (on the comparable rows
-    only), then over the accuracy columns (every finished run)."""
-    measures = cell_results(replace(experiment, metrics=metrics_of(experiment) + (WEIGHT_NORM[0],)), runs,
-                            comparable(frame))
+    """tables.cell_results over the declared measures' columns, the weight norm and the last LR (on the
+    comparable rows only), then over the accuracy columns (every finished run)."""
+    measures = cell_results(replace(experiment, metrics=metrics_of(experiment) + tuple(c for c, _ in DESCRIPTIVE)),
+                            runs, comparable(frame))
     accuracies = accuracies_of(experiment)
     return measures + (cell_results(replace(experiment, metrics=accuracies), runs, frame) if accuracies else [])
-
-
-def unconverged(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """The finished runs under the experiment's `converged_train_top1`: row, column, seed, run id, train top-1."""
-    threshold = experiment.settings.get(CONVERGED_SETTING)
-    if threshold is None or frame.empty or "train_top1" not in frame:
-        return []
-    by_id = {row["run_id"]: row for row in frame.to_dict("records")}
-    out = []
-    for cell in experiment.cells:
-        for run in runs:
-            row = by_id.get(run.run_id)
-            if (experiment.name, cell.row, cell.column) not in run.uses or not row or row["status"] != "finished":
-                continue
-            top1 = row.get("train_top1")
-            if isinstance(top1, (int, float)) and not math.isnan(top1) and top1 < float(threshold):
-                out.append({"row": cell.row, "column": cell.column, "seed": run.config.seed, "run_id": run.run_id,
-                            "train_top1": float(top1)})
-    return out
-
-
-# An eigenvalue measure -> its records column saying whether the power iteration met its tolerance.
-CONVERGED_COLUMNS = {"landscape.top_eigenvalue": "landscape.top_eigenvalue_converged",
-                     "landscape.adaptive_eigenvalue": "landscape.adaptive_eigenvalue_converged"}
-
-
-def not_converged(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFrame) -> dict[str, int]:
-    """Per declared eigenvalue measure, how many of the experiment's measured runs ended their power iteration
-    at its limit without meeting the tolerance (their value is a lower bound)."""
-    planned = {run.run_id for run in runs if any(use[0] == experiment.name for use in run.uses)}
-    rows = comparable(frame)
-    rows = rows[rows["run_id"].isin(planned)] if not rows.empty else rows
-    out = {}
-    for metric in metrics_of(experiment):
-        flag = CONVERGED_COLUMNS.get(metric)
-        if flag is not None and not rows.empty and flag in rows and metric in rows:
-            measured = rows[rows[metric].notna()]
-            out[metric] = int((measured[flag] == False).sum())  # noqa: E712 (None: not measured)
-    return out
 
 
 def cell_text(result: CellResult, flagged: int = 0) -> str:
@@ -190,10 +154,10 @@ def _label(row: str, metric: str, metrics: tuple[str, ...], primary: str) -> str
 
 def layout(experiment: Experiment, results: list[CellResult], flags: list[dict[str, Any]] | None = None
            ) -> pd.DataFrame:
-    """One line per row and measure, the weight norm, then per row and accuracy; a training top-1 cell counts
-    its runs under the convergence line."""
+    """One line per row and measure, the weight norm and last LR, then per row and accuracy; a training top-1
+    cell counts its runs under the convergence line."""
     index = {(r.row, r.column, r.metric): r for r in results}
-    metrics = metrics_of(experiment) + (WEIGHT_NORM[0],) + accuracies_of(experiment)
+    metrics = metrics_of(experiment) + tuple(c for c, _ in DESCRIPTIVE) + accuracies_of(experiment)
     primary = primary_of(experiment)
     counts: dict[tuple[str, str], int] = {}
     for flag in flags or []:
@@ -223,11 +187,16 @@ def paired_layout(experiment: Experiment, pairs: list[LogRatio]) -> pd.DataFrame
 
 
 def growth_layout(experiment: Experiment, ratios: list[LogRatio]) -> pd.DataFrame:
-    """One line per row, one column per measure: log(last column / first column) seed by seed."""
+    """One line per row, one column per measure: log(last column / first column) seed by seed; then the primary
+    measure's per-seed log ratios."""
     metrics, primary = metrics_of(experiment), primary_of(experiment)
     index = {(r.row, r.metric): r for r in ratios}
-    rows = [[index[(row, m)].text() if (row, m) in index else "" for m in metrics] for row in experiment.rows]
-    return pd.DataFrame(rows, index=list(experiment.rows), columns=[label_of(m, primary) for m in metrics])
+    rows = [[index[(row, m)].text() if (row, m) in index else "" for m in metrics]
+            + [", ".join(f"{s}: {d:+.2f}" for s, d in zip(index[(row, primary)].seeds, index[(row, primary)].diffs,
+                                                          strict=True)) if (row, primary) in index else ""]
+            for row in experiment.rows]
+    columns = [label_of(m, primary) for m in metrics] + [f"{label_of(primary)}, per seed"]
+    return pd.DataFrame(rows, index=list(experiment.rows), columns=columns)
 
 
 def long_form(results: list[CellResult], pairs: list[LogRatio], ratios: list[LogRatio], scale: str) -> pd.DataFrame:
@@ -261,7 +230,7 @@ def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame:
     results = landscape_results(experiment, runs, frame)
     measures = set(metrics_of(experiment))
     pairs, ratios = paired(experiment, results), growth(experiment, results)
-    flags = unconverged(experiment, runs, frame)
+    flags = unconverged(experiment, runs, frame, experiment.settings.get(CONVERGED_SETTING))
     cells = {(r.row, r.column) for r in results}
     done = len({(r.row, r.column) for r in results if r.mean is not None and r.metric in measures})
     grid = layout(experiment, results, flags)
@@ -276,10 +245,14 @@ def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame:
         markdown += (f"\nRuns under {float(threshold):g}% training top-1 (eval mode), not at a minimum: "
                      + (", ".join(f"{f['row']} {f['column']} seed {f['seed']} ({f['run_id']}, {f['train_top1']:.2f}%)"
                                   for f in flags) or "none") + ". They are counted in the cells above, not dropped.\n")
-    unmet = not_converged(experiment, runs, frame)
+    unmet = not_converged(experiment, runs, comparable(frame), metrics_of(experiment))
     if unmet:
         markdown += ("\nPower iterations that stopped at their limit of iterations before the tolerance (the value is "
-                     "then a lower bound): " + ", ".join(f"{label_of(m)} {n}" for m, n in unmet.items()) + ".\n")
+                     "then a lower bound): " + "; ".join(f"{label_of(m)} {n}" for m, n in unmet.items()) + ".\n")
+    spent = measuring_seconds(experiment, runs, comparable(frame), metrics_of(experiment)[0]) \
+        if metrics_of(experiment) else None
+    if spent:
+        markdown += f"\nMeasuring: {spent} (the entries' own times; training not counted).\n"
     if any(p.n for p in pairs):
         markdown += "\n## Paired differences in log\n\n" + LOG_NOTE + "\n\n" + to_markdown(paired_layout(experiment, pairs)) + "\n"
     if any(r.n for r in ratios):
@@ -287,6 +260,9 @@ def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame:
         markdown += (f"\n## From {first} to {last}\n\nEach cell: log(value at {last} / value at {first}) seed by seed, "
                      "within the row: mean [95% paired-t interval] (the ratio, n seeds). Above 0 the larger batch "
                      "ends sharper.\n\n" + to_markdown(growth_layout(experiment, ratios)) + "\n")
+    line = between_summary(experiment, runs)
+    if line:
+        markdown += f"\n## The line between two runs\n\n{line}.\n"
     texts = {"md": markdown, "csv": long_form(results, pairs, ratios, scale).to_csv(index=False),
              "tex": to_latex(grid, f"{experiment.title} -- loss landscape, ours; {done} of {len(cells)} cells "
                                    f"measured ({scale} scale)")}
@@ -298,5 +274,5 @@ def write_landscape_table(experiment: Experiment, runs: list[PlannedRun], frame:
     return texts
 
 
-__all__ = ["declares_landscape", "growth", "landscape_results", "layout", "metrics_of", "paired", "paired_layout",
-           "references", "unconverged", "write_landscape_table"]
+__all__ = ["comparable", "declares_landscape", "growth", "landscape_results", "layout", "metrics_of", "paired",
+           "paired_layout", "references", "write_landscape_table"]

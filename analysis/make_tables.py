@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", default="all", help="comma-separated: table1, table2, table4, table5, "
                                                              "staleness, table6 (hyperparameters), table3, an "
                                                              "experiment that declares a landscape measurement "
-                                                             "(sharpness, flatness: <name>_landscape; not with "
-                                                             "--source wandb), or all (default)")
+                                                             "(sharpness, flatness: written as NAME_landscape.md; "
+                                                             "not with --source wandb), or all (default)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the runs are (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results)")
     parser.add_argument("--source", default="records", choices=("records", "wandb"),

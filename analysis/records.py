@@ -153,6 +153,7 @@ def landscape_columns(entry: Mapping[str, Any], match: str) -> dict[str, Any]:
         "landscape.top_eigenvalue_iterations": eig.get("iterations"),
         "landscape.top_eigenvalue_residual": _number(eig.get("residual")),
         "landscape.top_eigenvalue_converged": eig.get("converged"),
+        "landscape.top_eigenvalue_last_change": _last_change(eig.get("history")),
         "landscape.top_eigenvalue_ce": _number(ce.get("value")),
         "landscape.top_eigenvalue_ce_iterations": ce.get("iterations"),
         "landscape.top_eigenvalue_ce_residual": _number(ce.get("residual")),
@@ -162,13 +163,24 @@ def landscape_columns(entry: Mapping[str, Any], match: str) -> dict[str, Any]:
         "landscape.adaptive_eigenvalue_iterations": ada.get("iterations"),
         "landscape.adaptive_eigenvalue_residual": _number(ada.get("residual")),
         "landscape.adaptive_eigenvalue_converged": ada.get("converged"),
+        "landscape.adaptive_eigenvalue_last_change": _last_change(ada.get("history")),
         "landscape.epsilon_sharpness": _number(eps.get("value")),
         "landscape.epsilon_max_loss": _number(eps.get("max_loss")),
         "landscape.weight_norm": _number(weights.get("norm")), "landscape.parameters": weights.get("parameters"),
         # Per-layer norms as one dict-valued column: ResNet-50 has ~160 tensors, too many for columns.
         "landscape.layer_norms": dict(weights.get("layers") or {}),
         "landscape.last_lr": _number(run.get("last_lr")), "landscape.peak_lr": _number(run.get("peak_lr")),
+        "landscape.seconds": sum(v for v in entry["seconds"].values() if _number(v) is not None)
+        if isinstance(entry.get("seconds"), dict) and entry["seconds"] else None,
     }
+
+
+def _last_change(history: Any) -> float | None:
+    """A power iteration's relative change in its last iteration, |λ_k - λ_(k-1)| / |λ_k| (None under two)."""
+    values = [_number(v) for v in history] if isinstance(history, list) else []
+    if len(values) < 2 or values[-1] is None or values[-2] is None or values[-1] == 0:
+        return None
+    return abs(values[-1] - values[-2]) / abs(values[-1])
 
 
 SLICE_COLUMNS = ("kind", "alpha", "loss", "loss_ce", "top1", "other", "key_id")

@@ -4,7 +4,11 @@ An experiment declares the measurement of its runs as data, `settings={"landscap
 
     {"measures": ["eigenvalue", "trace"],       # names of landscape/settings.MEASURES, not "between"
      "examples": 64 or {"smoke": 64, ...},      # optional: the sample (per scale; default by dataset)
-     "micro_batch": 128}                        # optional
+     "micro_batch": 128 or {"paper": 32}}       # optional (per scale; default 128)
+
+and, apart, the line between two of its finished runs that `launch between` measures (launch/between.py):
+
+    settings={"between": {"row": ROW, "seed": S, "from": COLUMN, "to": COLUMN}}
 
 `check_declaration` refuses another shape when the registry loads the experiment. `declared_for` resolves it
 at one scale into plain data that travels in a job (launch/submit.RunSpec). `is_measured` says whether a
@@ -53,12 +57,31 @@ def check_declaration(experiment: str, value: Any) -> None:
     bad = [m for m in measures if m not in LAUNCHABLE]
     if bad:
         raise UserError(f"{where}: unknown measure {bad[0]!r}; allowed: {', '.join(LAUNCHABLE)}")
-    examples = value.get("examples")
-    counts = list(examples.values()) if isinstance(examples, Mapping) else [examples]
-    if examples is not None and not all(_positive(n) for n in counts):
-        raise UserError(f"{where}['examples'] must be an integer >= 1 or a dict of scale -> integer >= 1")
-    if "micro_batch" in value and not _positive(value["micro_batch"]):
-        raise UserError(f"{where}['micro_batch'] must be an integer >= 1")
+    for key in ("examples", "micro_batch"):
+        given = value.get(key)
+        counts = list(given.values()) if isinstance(given, Mapping) else [given]
+        if given is not None and not all(_positive(n) for n in counts):
+            raise UserError(f"{where}['{key}'] must be an integer >= 1 or a dict of scale -> integer >= 1")
+
+
+BETWEEN = "between"  # the key of Experiment.settings declaring a line between two runs
+BETWEEN_KEYS = ("row", "seed", "from", "to")
+
+
+def check_between(experiment: str, value: Any, rows: tuple[str, ...], columns: tuple[str, ...]) -> None:
+    """Refuse a `between` setting of another shape, or naming no row or column of the experiment, in one line."""
+    where = f"experiment {experiment}: settings['{BETWEEN}']"
+    if not isinstance(value, Mapping) or sorted(value) != sorted(BETWEEN_KEYS):
+        raise UserError(f"{where} must be a dict with keys {', '.join(BETWEEN_KEYS)}")
+    if value["row"] not in rows:
+        raise UserError(f"{where} row {value['row']!r} is not one of its rows ({', '.join(rows)})")
+    for end in ("from", "to"):
+        if value[end] not in columns:
+            raise UserError(f"{where} {end} {value[end]!r} is not one of its columns ({', '.join(columns)})")
+    if value["from"] == value["to"]:
+        raise UserError(f"{where} goes from {value['from']!r} to itself; allowed: two different columns")
+    if not isinstance(value["seed"], int) or isinstance(value["seed"], bool) or value["seed"] < 0:
+        raise UserError(f"{where} seed {value['seed']!r} must be an integer >= 0")
 
 
 def _positive(value: Any) -> bool:
@@ -74,9 +97,11 @@ def declared_for(settings: Mapping[str, Any], scale: str) -> dict[str, Any] | No
     examples = value.get("examples")
     if isinstance(examples, Mapping):
         examples = examples.get(scale)
+    micro_batch = value.get("micro_batch", DEFAULT_MICRO_BATCH)
+    if isinstance(micro_batch, Mapping):
+        micro_batch = micro_batch.get(scale, DEFAULT_MICRO_BATCH)
     measures = [m for m in MEASURES if m in value["measures"]]  # the order they run in (settings.py)
-    return {"measures": measures, "examples": examples,
-            "micro_batch": int(value.get("micro_batch", DEFAULT_MICRO_BATCH))}
+    return {"measures": measures, "examples": examples, "micro_batch": int(micro_batch)}
 
 
 def settings_of(declared: Mapping[str, Any], data: str) -> Settings:
@@ -168,5 +193,6 @@ def assumed_passes(declared: Mapping[str, Any], label_smoothing: float) -> float
     return FORWARD_PASS + sum(per[m] for m in settings.measures)
 
 
-__all__ = ["ERROR_FILE", "FINAL_CHECKPOINT", "SETTING", "assumed_passes", "check_declaration", "clear_error", "declared_for",
+__all__ = ["BETWEEN", "ERROR_FILE", "FINAL_CHECKPOINT", "SETTING", "assumed_passes", "check_between", "check_declaration",
+           "clear_error", "declared_for",
            "is_measured", "measure_key", "read_error", "settings_of", "write_error"]

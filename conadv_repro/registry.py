@@ -90,6 +90,10 @@ def _import(name: str) -> Experiment:
         from conadv_repro.landscape_state import check_declaration
 
         check_declaration(experiment.name, experiment.settings["landscape"])
+    if "between" in experiment.settings:
+        from conadv_repro.landscape_state import check_between
+
+        check_between(experiment.name, experiment.settings["between"], experiment.rows, experiment.columns)
     return experiment
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conadv_repro import landscape_state
+from conadv_repro.errors import UserError
 from conadv_repro.landscape import store
 from conadv_repro.launch import cli
 from conadv_repro.launch.plan import expand
@@ -55,7 +56,13 @@ def test_the_line_between_two_runs_waits_for_them_then_is_measured_once(tmp_path
     selection = ["flatness", "--only", "row=Vanilla", "column=8k,96k", "seed=0", "--set", "steps=4",
                  "--runs-dir", str(runs)]
     status, _, err = call_main(cli.main, ["between", *selection], capsys)
-    assert status == 2 and "is missing, not finished; launch it first" in err and len(err.strip().splitlines()) == 1
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    # The hint launches the same selection (a variation's runs, not the paper's).
+    assert f"is missing, not finished; launch it first: python -m conadv_repro.launch {' '.join(selection[:1])} " \
+           f"--scale smoke --runs-dir {runs} --only row=Vanilla column=8k,96k seed=0 --set steps=4" in err, err
+    # `all` skips the experiments that declare no line (table1 ...) and stops at flatness's unfinished run.
+    status, _, err = call_main(cli.main, ["between", "all", *selection[1:]], capsys)
+    assert status == 2 and err.startswith("error: flatness: run "), err
     status, out, err = call_main(cli.main, [*selection, "--cluster", "debug"], capsys)
     assert status == 0 and out.strip().splitlines()[-1] == "2 runs: 2 finished", out + err
     status, out, err = call_main(cli.main, ["between", *selection], capsys)
@@ -76,7 +83,35 @@ def test_the_line_between_two_runs_waits_for_them_then_is_measured_once(tmp_path
 
 def test_an_experiment_without_a_declared_line_is_refused(capsys):
     status, _, err = call_main(cli.main, ["between", "table1", "--only", "method=vanilla"], capsys)
-    assert status == 2 and "declares no line between runs" in err
+    assert status == 2 and "table1 declares no line between runs" in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"row": "Nope"}, "row 'Nope' is not one of its rows (Vanilla, DisAdv, ConAdv, Noise)"),
+    ({"to": "3k"}, "to '3k' is not one of its columns (8k, 32k, 96k)"),
+    ({"to": "8k"}, "goes from '8k' to itself"),
+    ({"seed": -1}, "seed -1 must be an integer >= 0"),
+    ({"seed": "0"}, "seed '0' must be an integer >= 0"),
+])
+def test_a_bad_line_declaration_is_refused_in_one_line(change, message):
+    experiment = load_experiment("flatness")
+    line = {**experiment.settings["between"], **change}
+    with pytest.raises(UserError) as caught:
+        landscape_state.check_between("flatness", line, experiment.rows, experiment.columns)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="must be a dict with keys row, seed, from, to"):
+        landscape_state.check_between("flatness", {"row": "Vanilla"}, experiment.rows, experiment.columns)
+
+
+def test_a_line_seed_outside_the_scale_is_refused(capsys):
+    from dataclasses import replace
+
+    from conadv_repro.launch.between import line_runs
+
+    experiment = load_experiment("flatness")
+    seven = replace(experiment, settings={**experiment.settings, "between": {**experiment.settings["between"], "seed": 7}})
+    with pytest.raises(UserError, match=r"seed 7 is not a seed of the proxy scale \(0, 1, 2, 3, 4\)"):
+        line_runs(seven, [], "proxy")
 
 
 def test_the_landscape_table_refuses_wandb_in_one_line(capsys):

@@ -21,13 +21,13 @@ import pytest
 
 from analysis.figures import cells_with_runs
 from analysis.landscape_figure import landscape_figure, paired_figure
+from analysis.landscape_notes import unconverged
 from analysis.landscape_table import (
     growth,
     landscape_results,
     layout,
     paired,
     paired_layout,
-    unconverged,
     write_landscape_table,
 )
 from analysis.records import load_runs, load_slices, run_row
@@ -168,8 +168,11 @@ def test_table_cells_and_paired_differences(measured: tuple[Path, list[PlannedRu
     assert "## From 8k to 32k" in texts["md"] and "primary measure is the top eigenvalue" in texts["md"]
     assert "/ " not in texts["md"].split("\n\n", 2)[2].split("\n")[2]  # ours only: no paper column
     kinds = pd.read_csv(io.StringIO(texts["csv"]))["kind"].value_counts().to_dict()
-    assert kinds == {"cell": 16, "paired": 4, "growth": 4}  # cells: 2 measures, the weight norm, test top-1
-    assert "top eigenvalue 0, adaptive eigenvalue 0." in texts["md"]  # power iterations at their limit
+    # cells: 2 measures, the weight norm, the last LR, test top-1
+    assert kinds == {"cell": 20, "paired": 4, "growth": 4}
+    assert "top eigenvalue 0; adaptive eigenvalue 0." in texts["md"]  # power iterations at their limit
+    assert "Measuring: " not in texts["md"]  # the synthetic entries record no times
+    assert grid.loc["Vanilla: last LR", "8k"] == "0.01±0 (n=5)"
 
 
 def test_a_negative_eigenvalue_has_no_log_and_is_counted(measured: tuple[Path, list[PlannedRun]]) -> None:
@@ -190,8 +193,8 @@ def test_runs_under_the_convergence_line_are_flagged_not_dropped(measured: tuple
     for run in runs:
         write_run(run, final_top1=98.0, final_train_top1=99.0 if run is low else 100.0)
     frame = load_runs(runs_dir, ["proxy"], DECLARED)
-    assert [f["run_id"] for f in unconverged(strict, runs, frame)] == [low.run_id]
-    grid = layout(strict, landscape_results(strict, runs, frame), unconverged(strict, runs, frame))
+    assert [f["run_id"] for f in unconverged(strict, runs, frame, 99.5)] == [low.run_id]
+    grid = layout(strict, landscape_results(strict, runs, frame), unconverged(strict, runs, frame, 99.5))
     assert grid.loc["DisAdv: Training top-1", "32k"] == "99.80±0.45 (n=5), 1 unconverged"
     assert grid.loc["DisAdv: Generalization gap", "32k"] == "1.80±0.45 (n=5)"
     assert grid.loc["DisAdv: top eigenvalue (primary)", "32k"].endswith("(n=5)")  # counted, not dropped

@@ -22,7 +22,7 @@ from tests.helpers import call_main, run_cli
 
 LAUNCH = ["-m", "conadv_repro.launch"]
 ONE = ["--only", "method=vanilla", "--only", "paper_batch=32k", "--set", "steps=4"]
-DECLARED = {"measures": ["eigenvalue", "trace"], "examples": 32, "micro_batch": 32}
+DECLARED = {"measures": ["eigenvalue", "trace", "adaptive"], "examples": 32, "micro_batch": 128}
 
 
 def one_run(runs: Path):
@@ -66,6 +66,11 @@ def test_the_setting_changes_no_run_id_and_the_grid_is_table1s():
     table1 = {run.run_id for run in expand(load_experiments(["table1"]), scale="smoke", runs_dir=Path("r"), sets={})}
     assert len(sharpness) == 6 and sharpness <= table1
     assert landscape_state.declared_for(load_experiment("sharpness").settings, "smoke") == DECLARED
+    # The flatness grid shares 6 of its runs and declares the same measurement at every scale: measured once.
+    for scale in ("smoke", "proxy", "cifar10", "paper"):
+        assert landscape_state.declared_for(load_experiment("flatness").settings, scale) == \
+            landscape_state.declared_for(load_experiment("sharpness").settings, scale)
+    assert landscape_state.declared_for(load_experiment("sharpness").settings, "paper")["micro_batch"] == 32
 
 
 def test_a_finished_run_is_unmeasured_until_its_entry_is_there(tmp_path):
@@ -117,8 +122,8 @@ def test_a_launch_trains_and_measures_and_a_relaunch_only_measures(tmp_path, cli
     assert first.stdout.strip().splitlines()[-1] == "1 run: 1 finished"
     run = one_run(runs)
     [entry] = store.read_entries(run.run_dir)
-    assert entry["key"]["measures"] == ["eigenvalue", "trace"] and entry["key"]["examples"] == 32
-    assert entry["key"]["micro_batch"] == 32 and entry["key"]["checkpoint"]["file"] == "final.pt"
+    assert entry["key"]["measures"] == ["eigenvalue", "trace", "adaptive"] and entry["key"]["examples"] == 32
+    assert entry["key"]["micro_batch"] == 128 and entry["key"]["checkpoint"]["file"] == "final.pt"
     attempts = json.loads((run.run_dir / "record.json").read_text())["attempts"]
 
     (run.run_dir / "landscape.json").unlink()

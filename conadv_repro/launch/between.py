@@ -1,8 +1,9 @@
 """`python -m conadv_repro.launch between EXPERIMENT`: the loss along the line between two of its runs.
 
 An experiment declares the line in `settings["between"]`: `{"row": ..., "seed": ..., "from": COLUMN,
-"to": COLUMN}` (experiments/flatness.py: vanilla's 8k and 96k runs of seed 0). Once both runs have
-finished (after the launch), this command finds them by the launch's own plan and measures the line as
+"to": COLUMN}` (experiments/flatness.py: vanilla's 8k and 96k runs of seed 0), checked when the registry
+loads it (conadv_repro/landscape_state.py); with `all`, the experiments that declare none are skipped. Once
+both runs have finished (after the launch), this command finds them by the launch's own plan and measures the line as
 `python -m conadv_repro.landscape FROM_RUN --measures between --between TO_RUN` would, with the sample the
 experiment declares, on this machine (a GPU when there is one). The entry goes into the first run's
 landscape.json; the same line again is reused, not measured twice. It submits nothing.
@@ -15,60 +16,56 @@ from collections.abc import Mapping
 from typing import Any
 
 from conadv_repro.errors import UserError
+from conadv_repro.landscape_state import BETWEEN
 from conadv_repro.launch.plan import PlannedRun
+from conadv_repro.presets import SCALE_SEEDS
 from conadv_repro.registry import Experiment
 
-SETTING = "between"
-KEYS = ("row", "seed", "from", "to")
+
+def declared_line(experiment: Experiment) -> Mapping[str, Any] | None:
+    """The experiment's `settings["between"]` (checked when the registry loaded it), or None."""
+    return experiment.settings.get(BETWEEN)
 
 
-def declared_line(experiment: Experiment) -> Mapping[str, Any]:
-    """The experiment's `settings["between"]`, checked against its rows and columns."""
-    line = experiment.settings.get(SETTING)
-    if line is None:
-        raise UserError(f"experiment {experiment.name} declares no line between runs (settings['{SETTING}']); "
-                        "measure one by hand: python -m conadv_repro.landscape RUN_A --between RUN_B")
-    if not isinstance(line, Mapping) or sorted(line) != sorted(KEYS):
-        raise UserError(f"experiment {experiment.name}: settings['{SETTING}'] must be a dict with keys "
-                        f"{', '.join(KEYS)}")
-    if line["row"] not in experiment.rows:
-        raise UserError(f"experiment {experiment.name}: settings['{SETTING}'] row {line['row']!r} is not one of "
-                        f"its rows ({', '.join(experiment.rows)})")
-    for end in ("from", "to"):
-        if line[end] not in experiment.columns:
-            raise UserError(f"experiment {experiment.name}: settings['{SETTING}'] {end} {line[end]!r} is not one "
-                            f"of its columns ({', '.join(experiment.columns)})")
-    return line
-
-
-def line_runs(experiment: Experiment, runs: list[PlannedRun]) -> tuple[PlannedRun, PlannedRun]:
+def line_runs(experiment: Experiment, runs: list[PlannedRun], scale: str) -> tuple[PlannedRun, PlannedRun]:
     """The planned runs at the two ends of the declared line."""
     line = declared_line(experiment)
+    assert line is not None
+    seeds = SCALE_SEEDS.get(scale, (0,))
+    if line["seed"] not in seeds:
+        raise UserError(f"experiment {experiment.name}: settings['{BETWEEN}'] seed {line['seed']} is not a seed of "
+                        f"the {scale} scale ({', '.join(map(str, seeds))})")
 
     def run_at(column: str) -> PlannedRun:
         for run in runs:
             if (experiment.name, line["row"], column) in run.uses and run.config.seed == line["seed"]:
                 return run
-        raise UserError(f"{experiment.name}: no planned run of {line['row']} at {column} with seed {line['seed']} "
-                        "(is it left out by --only?)")
+        raise UserError(f"{experiment.name}: the line's run ({line['row']} at {column}, seed {line['seed']}) is left "
+                        "out by --only; select it too")
 
     return run_at(line["from"]), run_at(line["to"])
 
 
 def cmd_between(args: argparse.Namespace) -> int:
-    from conadv_repro.launch.cli import plan
+    from conadv_repro.launch.cli import follow_up, plan
     from conadv_repro.launch.states import SlurmJobs, run_state
     from conadv_repro.registry import load_experiments
 
     runs = plan(args, check_data=False)
+    experiments = [e for e in load_experiments(args.experiments) if declared_line(e) is not None]
+    if not experiments:
+        named = ", ".join(args.experiments)
+        raise UserError(f"{named} declares no line between runs (settings['{BETWEEN}']; flatness does); measure one "
+                        "by hand: python -m conadv_repro.landscape RUN_A --between RUN_B")
     jobs = SlurmJobs()
-    for experiment in load_experiments(args.experiments):
-        start, end = line_runs(experiment, runs)
+    for experiment in experiments:
+        start, end = line_runs(experiment, runs, args.scale)
         for run in (start, end):
             state = run_state(run.run_dir, jobs).state
             if state != "finished":
+                launch = follow_up("", args)
                 raise UserError(f"{experiment.name}: run {run.run_id} ({run.run_dir}) is {state}, not finished; "
-                                f"launch it first: python -m conadv_repro.launch {experiment.name} --scale {args.scale}")
+                                f"launch it first: {launch}")
         measure_line(experiment, start, end)
     return 0
 

@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="scales:\n" + "\n".join(f"  {s:8s} {d}" for s, d in SCALE_DESCRIPTIONS.items()))
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
-                        help="an experiment of --list (table1 ... figure4, staleness) or all (after an optional "
-                             "command: status, cancel, or between: the loss on the line between two finished "
-                             "runs that the experiment declares)")
+                        help="an experiment of --list (table1 ... figure4, flatness, sharpness, staleness) or all "
+                             "(after an optional command: status, cancel, or between: the loss on the line "
+                             "between two finished runs that the experiment declares)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--scale", default="smoke", help=f"{', '.join(LAUNCH_SCALES)} (default: smoke)")
     parser.add_argument("--dry-run", action="store_true", help="show the plan and submit nothing")
@@ -137,8 +137,8 @@ def plural(count: int, word: str) -> str:
 
 
 def follow_up(command: str, args: argparse.Namespace) -> str:
-    """The same selection as this launch, for status or cancel."""
-    parts = ["python -m conadv_repro.launch", command, *args.experiments, "--scale", args.scale]
+    """The same selection as this launch, for status or cancel (or the launch itself: `command` "")."""
+    parts = ["python -m conadv_repro.launch", *([command] if command else []), *args.experiments, "--scale", args.scale]
     if args.runs_dir != Path("runs"):
         parts += ["--runs-dir", str(args.runs_dir)]
     if args.only:

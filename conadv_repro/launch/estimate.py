@@ -238,8 +238,12 @@ def shared_lines(runs: list[PlannedRun], estimated: list[str], training_hours: d
     top, theirs = ranked[0]
     beyond = [run for run in runs if run not in theirs]
     what = ", ".join(f"{run.config.method} {run.config.paper_batch or run.config.batch_size}" for run in beyond[:6])
+    if not beyond:
+        lines.append(f"beyond {top}: nothing to train; once {top} is trained, this grid "
+                     + (f"only measures {measured} runs" if measured else "trains nothing"))
+        return lines
     lines.append(f"beyond {top}: {len(beyond)} run{'s' if len(beyond) != 1 else ''} to train"
-                 + (f" ({what}{', ...' if len(beyond) > 6 else ''})" if beyond else "")
+                 + f" ({what}{', ...' if len(beyond) > 6 else ''})"
                  + f", {sum(training_hours[run.run_id] for run in beyond):,.1f} {unit} of training; once {top} "
                  f"is trained, this grid trains only these" + (f" and measures {measured}" if measured else ""))
     return lines
