@@ -35,6 +35,7 @@ from analysis.landscape_notes import between_summary, measuring_seconds, not_con
 from analysis.landscape_stats import LogRatio, across_columns, against_references
 from analysis.tables import METRIC_NAMES, CellResult, cell_results, to_latex, to_markdown
 from conadv_repro.atomic import atomic_write_text
+from conadv_repro.errors import UserError
 from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.registry import Experiment
 
@@ -77,7 +78,13 @@ def accuracies_of(experiment: Experiment) -> tuple[str, ...]:
 
 
 def primary_of(experiment: Experiment) -> str:
-    return str(experiment.settings.get(PRIMARY_SETTING, MEASURE_COLUMNS["eigenvalue"][0]))
+    """The records column of the experiment's primary measure (`settings["primary"]`), one it declares."""
+    primary = str(experiment.settings.get(PRIMARY_SETTING, MEASURE_COLUMNS["eigenvalue"][0]))
+    declared = metrics_of(experiment)
+    if PRIMARY_SETTING in experiment.settings and primary not in declared:
+        raise UserError(f"experiment {experiment.name}: settings['{PRIMARY_SETTING}'] {primary!r} is not a measure it "
+                        f"declares; allowed: {', '.join(declared)}")
+    return primary
 
 
 def label_of(metric: str, primary: str | None = None) -> str:

@@ -136,3 +136,19 @@ def test_the_landscape_grids_compare_against_their_references(name):
 
     expected = {"flatness": ("Vanilla", "Noise", "DisAdv"), "sharpness": ("Vanilla",)}[name]
     assert references(load_experiment(name)) == expected
+
+
+def test_a_primary_measure_the_grid_does_not_declare_is_refused():
+    from dataclasses import replace
+
+    from conadv_repro.folders import clone_package
+
+    clone_package("analysis")
+    from analysis.landscape_table import primary_of
+
+    experiment = load_experiment("flatness")
+    assert primary_of(experiment) == "landscape.top_eigenvalue"
+    typo = replace(experiment, settings={**experiment.settings, "primary": "landscape.top_eigenvalues"})
+    with pytest.raises(UserError, match="'landscape.top_eigenvalues' is not a measure it declares; allowed: "
+                                        "landscape.top_eigenvalue, landscape.adaptive_eigenvalue, landscape.trace"):
+        primary_of(typo)

@@ -253,7 +253,7 @@ def wait_gone(pid: int, timeout: float = 30) -> bool:
 
 @pytest.mark.parametrize("args, fragment", [
     (["table9"], "unknown experiment 'table9'; allowed: table1, table2, table3, table4, table5, figure2, figure4, "
-                 "sharpness, staleness, all"),
+                 "flatness, sharpness, staleness, all"),
     (["table1", "--only", "colour=red"], "--only key 'colour' is unknown"),
     (["table1", "--only", "method=sgd"], "--only method=sgd matches no run"),
     (["table1", "--profile", "nosuch"], "unknown profile 'nosuch'; allowed: "),
