@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from conadv_repro.errors import UserError
@@ -66,12 +67,13 @@ def cmd_between(args: argparse.Namespace) -> int:
                 launch = follow_up("", args)
                 raise UserError(f"{experiment.name}: run {run.run_id} ({run.run_dir}) is {state}, not finished; "
                                 f"launch it first: {launch}")
-        measure_line(experiment, start, end)
+        measure_line(experiment, start, end, Path(args.data_root) if args.data_root else None)
     return 0
 
 
-def measure_line(experiment: Experiment, start: PlannedRun, end: PlannedRun) -> None:
-    """Measure the line from `start` to `end` with the experiment's declared sample, on this machine."""
+def measure_line(experiment: Experiment, start: PlannedRun, end: PlannedRun, data_root: Path | None = None) -> None:
+    """Measure the line from `start` to `end` with the experiment's declared sample, on this machine (`data_root`:
+    the dataset's folder when it is not where the runs were trained)."""
     from conadv_repro import landscape_state
     from conadv_repro.engine.trainer import resolve_device
     from conadv_repro.landscape.measure import measure_run, summary_line
@@ -79,7 +81,7 @@ def measure_line(experiment: Experiment, start: PlannedRun, end: PlannedRun) -> 
     declared = landscape_state.declared_for(experiment.settings, start.config.scale) or {}
     sample = landscape_state.settings_of({**declared, "measures": ["between"]}, start.config.data)
     entry, reused = measure_run(start.run_dir, sample, device=resolve_device("auto"), between=end.run_dir,
-                                log=lambda text: print(text, flush=True))
+                                data_root=data_root, log=lambda text: print(text, flush=True))
     print(f"{experiment.name}: line from {start.run_dir} to {end.run_dir}, entry {entry['key_id']}"
           f"{' (reused)' if reused else ''}")
     print(f"  between     {summary_line('between', entry['results']['between'])}")
