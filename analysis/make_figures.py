@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             figure = paired_figure(experiment, paired(experiment, results), growth(experiment, results), args.scale)
             stem = f"landscape_{experiment.name}_paired"
             if figure is None:
-                missing.append(f"{stem}: no paired seeds to compare; not drawn" + left_alone(stem))
+                missing.append(f"{stem}: no comparison has two paired seeds (an interval needs them); not drawn"
+                               + left_alone(stem))
             else:
                 print(f"{stem}: the primary measure's paired log ratios with their 95% intervals")
                 save(figure, stem)
