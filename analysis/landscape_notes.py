@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.records import load_slices
+from conadv_repro.launch.between import line_end
 from conadv_repro.launch.plan import PlannedRun
 from conadv_repro.registry import Experiment
 
@@ -35,6 +36,12 @@ def unconverged(experiment: Experiment, runs: list[PlannedRun], frame: pd.DataFr
     return out
 
 
+def _of_experiment(experiment: Experiment, runs: list[PlannedRun], rows: pd.DataFrame) -> pd.DataFrame:
+    """The records of `rows` that are runs of `experiment` (a runs folder holds other grids' runs too)."""
+    planned = {run.run_id for run in runs if any(use[0] == experiment.name for use in run.uses)}
+    return rows[rows["run_id"].isin(planned)] if not rows.empty else rows
+
+
 # An eigenvalue measure -> its records column saying whether the power iteration met its tolerance.
 CONVERGED_COLUMNS = {"landscape.top_eigenvalue": "landscape.top_eigenvalue_converged",
                      "landscape.adaptive_eigenvalue": "landscape.adaptive_eigenvalue_converged"}
@@ -46,8 +53,7 @@ def not_converged(experiment: Experiment, runs: list[PlannedRun], rows: pd.DataF
     at its limit without meeting the tolerance (their value is a lower bound), with the range of their last
     iteration's relative change and of their residual relative to the value. `rows`: the records of the runs
     measured with the declared settings (landscape_table.comparable)."""
-    planned = {run.run_id for run in runs if any(use[0] == experiment.name for use in run.uses)}
-    rows = rows[rows["run_id"].isin(planned)] if not rows.empty else rows
+    rows = _of_experiment(experiment, runs, rows)
     out = {}
     for metric in metrics:
         flag = CONVERGED_COLUMNS.get(metric)
@@ -77,10 +83,10 @@ def _span(values: pd.Series) -> str:
 def measuring_seconds(experiment: Experiment, runs: list[PlannedRun], rows: pd.DataFrame, metric: str) -> str | None:
     """`N runs, S s in all (a-b s per run)` of the measurements the table shows (their entries' seconds); `rows`
     as for not_converged, `metric` a declared measure's column (a run counts when it has a value)."""
-    planned = {run.run_id for run in runs if any(use[0] == experiment.name for use in run.uses)}
+    rows = _of_experiment(experiment, runs, rows)
     if rows.empty or "landscape.seconds" not in rows or metric not in rows:
         return None
-    seconds = rows[rows["run_id"].isin(planned) & rows[metric].notna()]["landscape.seconds"]
+    seconds = rows[rows[metric].notna()]["landscape.seconds"]
     seconds = seconds.dropna().astype(float)
     if seconds.empty:
         return None
@@ -93,13 +99,9 @@ def between_summary(experiment: Experiment, runs: list[PlannedRun]) -> str | Non
     line = experiment.settings.get("between")
     if not line:
         return None
-    ends = []
-    for column in (line["from"], line["to"]):
-        ends.append(next((run for run in runs if (experiment.name, line["row"], column) in run.uses
-                          and run.config.seed == line["seed"]), None))
-    if None in ends:
+    start, end = (line_end(experiment, runs, column) for column in (line["from"], line["to"]))
+    if start is None or end is None:
         return None
-    start, end = ends
     curve = load_slices(start.run_dir)
     curve = curve[(curve["kind"] == "between") & (curve["other"] == end.run_id)].sort_values("alpha")
     if curve.empty:

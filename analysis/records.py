@@ -149,21 +149,13 @@ def landscape_columns(entry: Mapping[str, Any], match: str) -> dict[str, Any]:
         "landscape.measured_at": entry.get("measured_at"), "landscape.checkpoint_step": checkpoint.get("step"),
         "landscape.examples": sample.get("examples"), "landscape.sample_loss": _number(sample.get("loss")),
         "landscape.sample_loss_ce": _number(sample.get("loss_ce")), "landscape.sample_top1": _number(sample.get("top1")),
-        "landscape.top_eigenvalue": _number(eig.get("value")),
-        "landscape.top_eigenvalue_iterations": eig.get("iterations"),
-        "landscape.top_eigenvalue_residual": _number(eig.get("residual")),
-        "landscape.top_eigenvalue_converged": eig.get("converged"),
-        "landscape.top_eigenvalue_last_change": _last_change(eig.get("history")),
+        **_power_columns("landscape.top_eigenvalue", eig),
         "landscape.top_eigenvalue_ce": _number(ce.get("value")),
         "landscape.top_eigenvalue_ce_iterations": ce.get("iterations"),
         "landscape.top_eigenvalue_ce_residual": _number(ce.get("residual")),
         "landscape.trace": _number(trace.get("value")), "landscape.trace_se": _number(trace.get("stderr")),
         "landscape.trace_probes": trace.get("probes"),
-        "landscape.adaptive_eigenvalue": _number(ada.get("value")),
-        "landscape.adaptive_eigenvalue_iterations": ada.get("iterations"),
-        "landscape.adaptive_eigenvalue_residual": _number(ada.get("residual")),
-        "landscape.adaptive_eigenvalue_converged": ada.get("converged"),
-        "landscape.adaptive_eigenvalue_last_change": _last_change(ada.get("history")),
+        **_power_columns("landscape.adaptive_eigenvalue", ada),
         "landscape.epsilon_sharpness": _number(eps.get("value")),
         "landscape.epsilon_max_loss": _number(eps.get("max_loss")),
         "landscape.weight_norm": _number(weights.get("norm")), "landscape.parameters": weights.get("parameters"),
@@ -173,6 +165,14 @@ def landscape_columns(entry: Mapping[str, Any], match: str) -> dict[str, Any]:
         "landscape.seconds": sum(v for v in entry["seconds"].values() if _number(v) is not None)
         if isinstance(entry.get("seconds"), dict) and entry["seconds"] else None,
     }
+
+
+def _power_columns(name: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A power iteration's columns: the value, its iterations, residual, whether it met its tolerance, and
+    its last relative change."""
+    return {name: _number(result.get("value")), f"{name}_iterations": result.get("iterations"),
+            f"{name}_residual": _number(result.get("residual")), f"{name}_converged": result.get("converged"),
+            f"{name}_last_change": _last_change(result.get("history"))}
 
 
 def _last_change(history: Any) -> float | None:

@@ -3,14 +3,18 @@ what its paper-scale estimate says, and the table's refusal of W&B."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from analysis.landscape_table import primary_of, references
+from analysis.make_tables import main as make_tables
 from conadv_repro import landscape_state
 from conadv_repro.errors import UserError
 from conadv_repro.landscape import store
 from conadv_repro.launch import cli
+from conadv_repro.launch.between import line_runs
 from conadv_repro.launch.plan import expand
 from conadv_repro.registry import load_experiment, load_experiments
 from tests.helpers import call_main
@@ -104,10 +108,6 @@ def test_a_bad_line_declaration_is_refused_in_one_line(change, message):
 
 
 def test_a_line_seed_outside_the_scale_is_refused(capsys):
-    from dataclasses import replace
-
-    from conadv_repro.launch.between import line_runs
-
     experiment = load_experiment("flatness")
     seven = replace(experiment, settings={**experiment.settings, "between": {**experiment.settings["between"], "seed": 7}})
     with pytest.raises(UserError, match=r"seed 7 is not a seed of the proxy scale \(0, 1, 2, 3, 4\)"):
@@ -115,12 +115,7 @@ def test_a_line_seed_outside_the_scale_is_refused(capsys):
 
 
 def test_the_landscape_table_refuses_wandb_in_one_line(capsys):
-    from conadv_repro.folders import clone_package
-
-    clone_package("analysis")
-    from analysis.make_tables import main
-
-    status, _, err = call_main(main, ["--source", "wandb", "--experiments", "flatness", "--scale", "proxy"], capsys)
+    status, _, err = call_main(make_tables, ["--source", "wandb", "--experiments", "flatness", "--scale", "proxy"], capsys)
     assert status == 2, err
     assert err.strip() == ("error: --source wandb cannot make flatness's landscape table: W&B has no landscape data "
                            "(it is in each run directory's landscape.json); read the run records instead (without "
@@ -129,23 +124,11 @@ def test_the_landscape_table_refuses_wandb_in_one_line(capsys):
 
 @pytest.mark.parametrize("name", ["flatness", "sharpness"])
 def test_the_landscape_grids_compare_against_their_references(name):
-    from conadv_repro.folders import clone_package
-
-    clone_package("analysis")
-    from analysis.landscape_table import references
-
     expected = {"flatness": ("Vanilla", "Noise", "DisAdv"), "sharpness": ("Vanilla",)}[name]
     assert references(load_experiment(name)) == expected
 
 
 def test_a_primary_measure_the_grid_does_not_declare_is_refused():
-    from dataclasses import replace
-
-    from conadv_repro.folders import clone_package
-
-    clone_package("analysis")
-    from analysis.landscape_table import primary_of
-
     experiment = load_experiment("flatness")
     assert primary_of(experiment) == "landscape.top_eigenvalue"
     typo = replace(experiment, settings={**experiment.settings, "primary": "landscape.top_eigenvalues"})

@@ -38,13 +38,21 @@ def line_runs(experiment: Experiment, runs: list[PlannedRun], scale: str) -> tup
                         f"the {scale} scale ({', '.join(map(str, seeds))})")
 
     def run_at(column: str) -> PlannedRun:
-        for run in runs:
-            if (experiment.name, line["row"], column) in run.uses and run.config.seed == line["seed"]:
-                return run
-        raise UserError(f"{experiment.name}: the line's run ({line['row']} at {column}, seed {line['seed']}) is left "
-                        "out by --only; select it too")
+        run = line_end(experiment, runs, column)
+        if run is None:
+            raise UserError(f"{experiment.name}: the line's run ({line['row']} at {column}, seed {line['seed']}) is "
+                            "left out by --only; select it too")
+        return run
 
     return run_at(line["from"]), run_at(line["to"])
+
+
+def line_end(experiment: Experiment, runs: list[PlannedRun], column: str) -> PlannedRun | None:
+    """The planned run of the declared line's row and seed at `column`, or None when `runs` lack it."""
+    line = declared_line(experiment)
+    assert line is not None
+    return next((run for run in runs if (experiment.name, line["row"], column) in run.uses
+                 and run.config.seed == line["seed"]), None)
 
 
 def cmd_between(args: argparse.Namespace) -> int:
@@ -87,4 +95,4 @@ def measure_line(experiment: Experiment, start: PlannedRun, end: PlannedRun, dat
     print(f"  between     {summary_line('between', entry['results']['between'])}")
 
 
-__all__ = ["cmd_between", "declared_line", "line_runs"]
+__all__ = ["cmd_between", "declared_line", "line_end", "line_runs"]

@@ -19,6 +19,7 @@ import argparse
 import math
 import re
 import shutil
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -195,7 +196,7 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
               f"{measure_hours:,.2f} {unit} in all (in the grid's total); assumed, not measured: a Hessian-vector "
               "product ~ 3 forward+backward passes over the sample, power iteration at most 20 of them, a trace "
               "probe 1, each pass at the calibrated vanilla step's cost per example")
-    for line in shared_lines(runs, args.experiments, training_hours, unit, measured_runs):
+    for line in shared_lines(runs, args.experiments, training_hours, unit, measured_runs, args.runs_dir):
         print(line)
     lines = time_limit_lines(over_limit, profile)
     if args.profile and not lines:
@@ -214,7 +215,7 @@ def cmd_estimate(runs: list[PlannedRun], args: argparse.Namespace) -> int:
 
 
 def shared_lines(runs: list[PlannedRun], estimated: list[str], training_hours: dict[str, float], unit: str,
-                 measured: int) -> list[str]:
+                 measured: int, runs_dir: Path) -> list[str]:
     """Which runs other experiments share (a run is trained once, by whichever launch comes first), and what
     the grid adds beyond the experiment that shares most of them."""
     if "all" in estimated or not runs:
@@ -223,7 +224,7 @@ def shared_lines(runs: list[PlannedRun], estimated: list[str], training_hours: d
     scale = runs[0].config.scale
     # Planned on their own (without --set: a variation's runs are its own), matched by run id.
     theirs_by_id: dict[str, set[str]] = {}
-    for run in expand(others, scale=scale, runs_dir=runs[0].run_dir.parent.parent, sets={}, check_data=False):
+    for run in expand(others, scale=scale, runs_dir=runs_dir, sets={}, check_data=False):
         theirs_by_id[run.run_id] = {name for name, _, _ in run.uses}
     sharing: dict[str, list[PlannedRun]] = {}
     for run in runs:
